@@ -1,0 +1,1 @@
+"""aiosd daemon: the scheduler process, its kernel services and the CLI."""

@@ -1,0 +1,140 @@
+"""The ``aiosd`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from .errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_UNAVAILABLE, ConfigError, DaemonError, ServiceUnavailable
+from .settings import Settings, load_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def settings_options(fn: F) -> F:
+    """Options shared by every command that needs settings; they override env and file."""
+    for option in reversed(
+        [
+            click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML settings file (env AIOSD_CONFIG)."),
+            click.option("--amqp-url", help="RabbitMQ URL (env AIOSD_AMQP_URL)."),
+            click.option("--mongo-url", help="MongoDB URL (env AIOSD_MONGO_URL)."),
+            click.option("--mongo-db", help="MongoDB database (env AIOSD_MONGO_DB)."),
+            click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)),
+            click.option("--log-format", type=click.Choice(["auto", "json", "console"])),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
+def _settings(config_file: str | None, **overrides: Any) -> Settings:
+    if overrides.get("log_level"):
+        overrides["log_level"] = overrides["log_level"].upper()
+    try:
+        return load_settings(config_file, **overrides)
+    except ConfigError as exc:
+        click.echo(f"aiosd: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+
+
+def _fail(exc: DaemonError) -> NoReturn:
+    click.echo(f"aiosd: {exc}", err=True)
+    sys.exit(EXIT_UNAVAILABLE if isinstance(exc, ServiceUnavailable) else EXIT_FAILURE)
+
+
+@click.group()
+@click.version_option(package_name="aiosd")
+def main() -> None:
+    """aiosd: an operating-system kernel for LLM agents."""
+
+
+@main.command()
+@settings_options
+@click.option("--prefetch", type=int, help="Unacked deliveries in flight (env AIOSD_PREFETCH).")
+@click.option("--threads", type=int, help="Threads serving syscalls (env AIOSD_THREADS).")
+@click.option("--shutdown-timeout", type=float, help="Seconds to finish in-flight work on SIGTERM.")
+@click.option(
+    "--dev-allow-anonymous", is_flag=True, default=None,
+    help="DEVELOPMENT ONLY: accept messages without user_id as agent 'anonymous'.",
+)
+def scheduler(config_file: str | None, **overrides: Any) -> None:
+    """Run the scheduler daemon (ingress, kernel services, replies)."""
+    from .lifecycle import Lifecycle
+    from .logs import configure_logging
+    from .scheduler import Scheduler
+
+    settings = _settings(config_file, **overrides)
+    configure_logging(settings.log_level, settings.log_format)
+    lifecycle = Lifecycle()
+    lifecycle.install_signal_handlers()
+    try:
+        Scheduler(settings, lifecycle).run()
+    except DaemonError as exc:
+        _fail(exc)
+
+
+@main.command()
+@settings_options
+@click.argument("call_id")
+@click.option("--agent", help="Only the syscall of this agent.")
+def result(config_file: str | None, call_id: str, agent: str | None, **overrides: Any) -> None:
+    """Print the stored record and reply of syscall CALL_ID as JSON."""
+    from .records import Records
+    from .store import Store
+
+    settings = _settings(config_file, **overrides)
+    store = Store(settings.mongo_url, settings.mongo_db)
+    try:
+        store.ping()
+        docs = Records(store.syscalls).find_by_id(call_id, agent)
+    except DaemonError as exc:
+        _fail(exc)
+    finally:
+        store.close()
+    if not docs:
+        click.echo(f"aiosd: no syscall with id {call_id!r}" + (f" from agent {agent!r}" if agent else ""), err=True)
+        sys.exit(EXIT_FAILURE)
+    shown = [{k: v for k, v in d.items() if k != "_id"} for d in docs]
+    click.echo(json.dumps(shown[0] if len(shown) == 1 else shown, indent=2, default=str))
+
+
+@main.command()
+@click.option("--write", is_flag=True, help="Rewrite the committed schema files.")
+@click.option("--check", is_flag=True, help="Exit 1 if the committed files are stale.")
+def schema(write: bool, check: bool) -> None:
+    """Print (or write/check) the protocol's JSON Schemas."""
+    from aiosd.sdk import schema as schemas
+
+    if write:
+        for path in schemas.write():
+            click.echo(f"wrote {path}")
+    elif check:
+        stale = schemas.stale()
+        for name in stale:
+            click.echo(f"stale: {name} (run `aiosd schema --write`)", err=True)
+        sys.exit(1 if stale else 0)
+    else:
+        click.echo(json.dumps(schemas.generate(), indent=2))
+
+
+@main.command()
+@settings_options
+@click.option("--agents", default=3, show_default=True, help="Sample agents to run.")
+def demo(config_file: str | None, agents: int, **overrides: Any) -> None:
+    """Start a scheduler if none is serving, drive sample agents through it, report."""
+    from .demo import run_demo
+
+    settings = _settings(config_file, **overrides)
+    try:
+        code = run_demo(settings, agents)
+    except DaemonError as exc:
+        _fail(exc)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""The kernel's syscall table: which service serves which syscall.
+
+Arguments arrive already validated against the SDK catalogue; a handler
+returns the result model or raises :class:`SyscallFailed`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel
+
+from aiosd.sdk.syscalls import ResultArgs, StoredResult
+
+from .context import CallContext
+from .errors import NotFound
+from .memory import MemoryService
+from .records import Records
+from .store import Store
+
+Handler = Callable[[CallContext, Any], BaseModel]
+
+
+class Kernel:
+    """Routes a syscall to the service that serves it."""
+
+    def __init__(self, store: Store) -> None:
+        memory = MemoryService(store.memory)
+        self._records = Records(store.syscalls)
+        self._table: dict[str, Handler] = {
+            "memory.add": memory.add,
+            "memory.get": memory.get,
+            "memory.update": memory.update,
+            "memory.delete": memory.delete,
+            "memory.search": memory.search,
+            "syscall.result": self.stored_result,
+        }
+
+    def serves(self, syscall: str) -> bool:
+        """Whether this kernel has a handler for ``syscall``."""
+        return syscall in self._table
+
+    def run(self, ctx: CallContext, args: BaseModel) -> BaseModel:
+        """Serve one syscall."""
+        return self._table[ctx.syscall](ctx, args)
+
+    def stored_result(self, ctx: CallContext, args: ResultArgs) -> StoredResult:
+        """``syscall.result``: the caller's own stored reply, by id."""
+        doc = self._records.get(ctx.agent, args.id)
+        if doc is None:
+            raise NotFound(f"no syscall {args.id!r} from this agent")
+        return StoredResult(id=args.id, state=doc["state"], reply=doc.get("reply"))

@@ -1,0 +1,142 @@
+"""Memory service: per-agent notes with add/get/update/delete/search.
+
+Every query is scoped to the calling agent. Effects are idempotent per
+syscall (a note's id derives from the syscall that created it; a delete
+remembers which syscall deleted it) so re-running a syscall after a crash has
+the effect once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections import Counter
+from typing import Any
+
+from pymongo import ReturnDocument
+from pymongo.collection import Collection
+from pymongo.errors import DuplicateKeyError
+
+from aiosd.sdk.protocol import utcnow
+from aiosd.sdk.syscalls import (
+    MemoryAddArgs,
+    MemoryDeleteArgs,
+    MemoryGetArgs,
+    MemorySearchArgs,
+    MemoryUpdateArgs,
+    Note,
+    NoteRef,
+    ScoredNote,
+    SearchResult,
+)
+
+from .context import CallContext
+from .errors import NotFound
+from .store import Doc
+
+#: Upper bound on notes ranked per search; the ranking is done in process.
+SEARCH_SCAN_LIMIT = 5000
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+class MemoryService:
+    """Serves the ``memory.*`` syscalls."""
+
+    def __init__(self, collection: Collection[Doc]) -> None:
+        self._col = collection
+
+    def add(self, ctx: CallContext, args: MemoryAddArgs) -> NoteRef:
+        """``memory.add``."""
+        note_id = "n_" + hashlib.sha256(f"{ctx.agent}\0{ctx.call_id}".encode()).hexdigest()[:24]
+        now = utcnow()
+        doc: Doc = {
+            "_id": note_id,
+            "agent": ctx.agent,
+            "content": args.content,
+            "tags": list(args.tags),
+            "metadata": dict(args.metadata),
+            "created_at": now,
+            "updated_at": now,
+            "deleted": False,
+        }
+        try:
+            self._col.insert_one(doc)
+        except DuplicateKeyError:
+            pass  # the same syscall ran before a crash: its effect already exists
+        return NoteRef(id=note_id)
+
+    def get(self, ctx: CallContext, args: MemoryGetArgs) -> Note:
+        """``memory.get``."""
+        doc = self._col.find_one({"_id": args.id, "agent": ctx.agent, "deleted": False})
+        if doc is None:
+            raise NotFound(f"no note {args.id!r} in this agent's memory")
+        return _note(doc)
+
+    def update(self, ctx: CallContext, args: MemoryUpdateArgs) -> Note:
+        """``memory.update``."""
+        changes: Doc = {k: v for k, v in args.model_dump(exclude={"id"}).items() if v is not None}
+        changes["updated_at"] = utcnow()
+        doc = self._col.find_one_and_update(
+            {"_id": args.id, "agent": ctx.agent, "deleted": False},
+            {"$set": changes},
+            return_document=ReturnDocument.AFTER,
+        )
+        if doc is None:
+            raise NotFound(f"no note {args.id!r} in this agent's memory")
+        return _note(doc)
+
+    def delete(self, ctx: CallContext, args: MemoryDeleteArgs) -> NoteRef:
+        """``memory.delete`` (soft: the record stays, marked with the deleting syscall)."""
+        result = self._col.update_one(
+            {"_id": args.id, "agent": ctx.agent, "deleted": False},
+            {"$set": {"deleted": True, "deleted_by": ctx.call_id, "updated_at": utcnow()}},
+        )
+        if result.matched_count == 0 and not self._col.find_one(
+            {"_id": args.id, "agent": ctx.agent, "deleted_by": ctx.call_id}
+        ):
+            raise NotFound(f"no note {args.id!r} in this agent's memory")
+        return NoteRef(id=args.id)
+
+    def search(self, ctx: CallContext, args: MemorySearchArgs) -> SearchResult:
+        """``memory.search``: term-overlap ranking with IDF weights over the agent's notes."""
+        query: Doc = {"agent": ctx.agent, "deleted": False}
+        if args.tags:
+            query["tags"] = {"$all": list(args.tags)}
+        docs = list(self._col.find(query).limit(SEARCH_SCAN_LIMIT))
+        scored = rank(args.query, docs)
+        hits = [ScoredNote(**_note(d).model_dump(), score=round(s, 6)) for s, d in scored[: args.limit]]
+        return SearchResult(results=hits)
+
+
+def rank(query: str, docs: list[Doc]) -> list[tuple[float, Doc]]:
+    """Score ``docs`` against ``query``; only docs sharing a term are returned, best first."""
+    terms = set(_tokens(query))
+    if not terms or not docs:
+        return []
+    bags = [Counter(_tokens(_text(d))) for d in docs]
+    df = Counter(t for bag in bags for t in terms if t in bag)
+    n = len(docs)
+    out = []
+    for doc, bag in zip(docs, bags):
+        length = sum(bag.values()) or 1
+        score = sum(
+            (bag[t] / math.sqrt(length)) * math.log(1 + n / df[t]) for t in terms if bag[t]
+        )
+        if score > 0:
+            out.append((score, doc))
+    out.sort(key=lambda pair: (-pair[0], pair[1]["created_at"]))
+    return out
+
+
+def _tokens(text: str) -> list[str]:
+    return [w.lower() for w in _WORD.findall(text)]
+
+
+def _text(doc: Doc) -> str:
+    return " ".join([doc.get("content", ""), *doc.get("tags", [])])
+
+
+def _note(doc: Doc) -> Note:
+    fields: dict[str, Any] = {k: doc[k] for k in ("content", "tags", "metadata", "created_at", "updated_at")}
+    return Note(id=doc["_id"], **fields)

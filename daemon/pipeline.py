@@ -1,0 +1,191 @@
+"""The life of a syscall inside the scheduler, run on the worker threads.
+
+admit -> persist (idempotent on message_id) -> audit -> ack -> serve ->
+store the reply -> publish it -> mark it replied. Once the record is written
+MongoDB owns the syscall: a crash anywhere after that is repaired by
+:meth:`Pipeline.recover`, which finishes accepted records and re-sends replies
+that may not have left.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from pydantic import BaseModel
+from pymongo.errors import PyMongoError
+
+from aiosd.sdk.protocol import ErrorCode, Reply, Status, Timings, utcnow
+from aiosd.sdk.syscalls import CATALOGUE
+
+from .audit import AuditLog, Decision
+from .context import CallContext
+from .errors import SyscallFailed
+from .intake import Delivery, Intake, Rejected
+from .kernel import Kernel
+from .logs import get_logger
+from .records import Envelope, Records, State, elapsed_ms, envelope_from_record
+
+log = get_logger(__name__)
+
+#: Pause before handing a delivery back when MongoDB is failing, so a broken
+#: database does not turn into a hot redelivery loop.
+RETRY_PAUSE = 1.0
+
+
+class Outbox(Protocol):
+    """What the pipeline asks of the AMQP connection thread (all thread-safe)."""
+
+    def reply(self, reply_to: str, correlation_id: str, reply: Reply, on_sent: Callable[[], None]) -> None: ...
+
+
+class Pipeline:
+    """Serves deliveries and recovers unfinished syscalls."""
+
+    def __init__(
+        self,
+        intake: Intake,
+        records: Records,
+        audit: AuditLog,
+        kernel: Kernel,
+        outbox: Outbox,
+        submit: Callable[[Callable[[], None]], None],
+    ) -> None:
+        self._intake = intake
+        self._records = records
+        self._audit = audit
+        self._kernel = kernel
+        self._outbox = outbox
+        self._submit = submit
+        self._running: set[str] = set()
+        self._running_lock = threading.Lock()
+
+    # -- deliveries ------------------------------------------------------------
+
+    def handle(self, d: Delivery) -> None:
+        """Take one delivery from intake to reply. Never raises."""
+        try:
+            self._handle(d)
+        except PyMongoError as exc:
+            log.error("store_unavailable", message_id=d.message_id, error=str(exc))
+            time.sleep(RETRY_PAUSE)
+            d.nack(True)
+        except Exception:
+            log.exception("delivery_failed", message_id=d.message_id)
+            d.nack(True)
+
+    def _handle(self, d: Delivery) -> None:
+        try:
+            accepted = self._intake.admit(d)
+        except Rejected as rej:
+            self._reject(d, rej)
+            return
+        env = accepted.envelope
+        created, doc = self._records.insert(env)
+        if created:
+            self._audit.record(agent=env.agent, syscall=env.request.syscall, message_id=env.message_id, decision=Decision.ACCEPTED)
+        d.ack()
+        if created:
+            self.execute(env, accepted.args)
+        elif doc["state"] == State.COMPLETED.value and doc.get("reply"):
+            # A re-published or redelivered duplicate: answer again, never re-run.
+            log.info("duplicate_answered", message_id=env.message_id, agent=env.agent)
+            self._send(env, Reply.model_validate(doc["reply"]))
+        else:
+            log.info("duplicate_in_progress", message_id=env.message_id, agent=env.agent)
+
+    def _reject(self, d: Delivery, rej: Rejected) -> None:
+        log.warning("rejected", message_id=d.message_id, agent=rej.agent, code=rej.code.value, reason=rej.reason)
+        decision = Decision.DENIED if rej.status == Status.DENIED else Decision.REJECTED
+        self._audit.record(
+            agent=rej.agent, syscall=rej.syscall, message_id=d.message_id,
+            decision=decision, code=rej.code.value, reason=rej.reason,
+        )
+        if d.reply_to:
+            reply = Reply.failure(d.message_id or "", rej.syscall, rej.code, rej.reason, status=rej.status)
+            self._outbox.reply(d.reply_to, d.correlation_id or d.message_id or "", reply, _noop)
+        if rej.dead_letter:
+            d.dead_letter(rej.code.value, rej.reason)
+        else:
+            d.ack()
+
+    # -- serving ---------------------------------------------------------------
+
+    def execute(self, env: Envelope, args: BaseModel) -> None:
+        """Serve an accepted syscall, store its reply and send it."""
+        if not self._claim(env.key):
+            return
+        try:
+            reply = self._serve(env, args)
+            if self._records.complete(env.key, reply) is None:
+                return  # completed elsewhere (recovery raced a live delivery)
+            decision = Decision.COMPLETED if reply.status == Status.OK else Decision.FAILED
+            code = reply.error.code.value if reply.error else None
+            self._audit.record(agent=env.agent, syscall=env.request.syscall, message_id=env.message_id, decision=decision, code=code)
+            self._send(env, reply)
+        finally:
+            self._release(env.key)
+
+    def _serve(self, env: Envelope, args: BaseModel) -> Reply:
+        req = env.request
+        started = utcnow()
+        if req.deadline is not None and started > req.deadline:
+            return Reply.failure(env.message_id, req.syscall, ErrorCode.DEADLINE_EXCEEDED, f"deadline {req.deadline.isoformat()} passed before the call started")
+        ctx = CallContext(agent=env.agent, call_id=env.message_id, syscall=req.syscall, session=req.session, program=req.program)
+        try:
+            result = self._kernel.run(ctx, args)
+        except SyscallFailed as exc:
+            return Reply.failure(env.message_id, req.syscall, exc.code, exc.message)
+        except PyMongoError:
+            raise  # infrastructure, not the caller's fault: leave it accepted for the sweep
+        except Exception as exc:
+            log.exception("syscall_crashed", message_id=env.message_id, syscall=req.syscall)
+            return Reply.failure(env.message_id, req.syscall, ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")
+        timings = Timings(run_ms=round(elapsed_ms(started), 3))
+        return Reply.ok(env.message_id, req.syscall, result.model_dump(mode="json"), timings=timings)
+
+    def _send(self, env: Envelope, reply: Reply) -> None:
+        key = env.key
+        if env.reply_to is None:
+            self._records.mark_replied(key)
+            return
+
+        def on_sent() -> None:
+            self._submit(lambda: self._records.mark_replied(key))
+
+        self._outbox.reply(env.reply_to, env.correlation_id, reply, on_sent)
+
+    # -- recovery --------------------------------------------------------------
+
+    def recover(self, older_than: float = 0.0) -> int:
+        """Finish accepted syscalls and re-send unsent replies; return how many."""
+        count = 0
+        for doc in self._records.unfinished(older_than):
+            env = envelope_from_record(doc)
+            self.execute(env, _args_of(env))
+            count += 1
+        for doc in self._records.unreplied(older_than):
+            self._send(envelope_from_record(doc), Reply.model_validate(doc["reply"]))
+            count += 1
+        return count
+
+    def _claim(self, key: str) -> bool:
+        with self._running_lock:
+            if key in self._running:
+                return False
+            self._running.add(key)
+            return True
+
+    def _release(self, key: str) -> None:
+        with self._running_lock:
+            self._running.discard(key)
+
+
+def _args_of(env: Envelope) -> BaseModel:
+    return CATALOGUE[env.request.syscall].args.model_validate(env.request.args)
+
+
+def _noop() -> None:
+    pass

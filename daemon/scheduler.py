@@ -1,0 +1,187 @@
+"""The scheduler process: wires settings, stores, kernel, pipeline and broker.
+
+The main thread owns the AMQP connection and runs the loop; a thread pool
+serves syscalls. SIGTERM stops consumption, lets in-flight work finish within
+``shutdown_timeout`` and exits 0; prefetched messages that never started go
+back to RabbitMQ when the connection closes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from aiosd.sdk.protocol import Reply
+
+from .amqp import AMQP_ERRORS, Broker
+from .audit import AuditLog
+from .errors import ServiceUnavailable
+from .intake import Authorizer, Delivery, Intake, OwnDataAuthorizer
+from .kernel import Kernel
+from .lifecycle import Lifecycle
+from .logs import get_logger
+from .pipeline import Pipeline
+from .records import Records
+from .settings import Settings
+from .store import Store
+
+log = get_logger(__name__)
+PUMP_SECONDS = 0.2
+
+
+class Scheduler:
+    """One scheduler process."""
+
+    def __init__(self, settings: Settings, lifecycle: Lifecycle, authorizer: Authorizer | None = None) -> None:
+        self.settings = settings
+        self.lifecycle = lifecycle
+        self.store = Store(settings.mongo_url, settings.mongo_db)
+        self._executor = ThreadPoolExecutor(settings.threads, thread_name_prefix="aiosd-syscall")
+        self._inflight: set[Future[None]] = set()
+        self._inflight_lock = threading.Lock()
+        self._broker: Broker | None = None
+        intake = Intake(
+            max_body_bytes=settings.max_body_bytes,
+            allow_anonymous=settings.dev_allow_anonymous,
+            authorizer=authorizer or OwnDataAuthorizer(),
+        )
+        self.pipeline = Pipeline(
+            intake, Records(self.store.syscalls), AuditLog(self.store.audit),
+            Kernel(self.store), self, self.submit,
+        )
+
+    # -- Outbox: replies always go out on the current connection ---------------
+
+    def reply(self, reply_to: str, correlation_id: str, reply: Reply, on_sent: Callable[[], None]) -> None:
+        """Publish a reply on the live connection; dropped (and re-sent by recovery) if none."""
+        broker = self._broker
+        if broker is not None:
+            broker.reply(reply_to, correlation_id, reply, on_sent)
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the syscall threads, tracked as in-flight work."""
+        fut = self._executor.submit(_guarded, fn)
+        with self._inflight_lock:
+            self._inflight.add(fut)
+        fut.add_done_callback(self._done)
+
+    def _done(self, fut: Future[None]) -> None:
+        with self._inflight_lock:
+            self._inflight.discard(fut)
+
+    @property
+    def inflight(self) -> int:
+        """Tasks submitted and not finished."""
+        with self._inflight_lock:
+            return len(self._inflight)
+
+    # -- run ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve until a stop is requested. Raises ServiceUnavailable if services never come up."""
+        self._wait_for_store()
+        self.store.ensure_indexes()
+        self._broker = self._connect(self.settings.connect_timeout)
+        self.submit(self._recover)
+        self._broker.start_consuming()
+        self.lifecycle.ready()
+        log.info("scheduler_ready", threads=self.settings.threads, prefetch=self.settings.prefetch)
+        try:
+            self._loop()
+        finally:
+            self._shutdown()
+
+    def _loop(self) -> None:
+        next_sweep = time.monotonic() + self.settings.sweep_interval
+        while not self.lifecycle.stop_requested.is_set():
+            try:
+                assert self._broker is not None
+                self._broker.pump(PUMP_SECONDS)
+            except AMQP_ERRORS as exc:
+                log.error("broker_connection_lost", error=repr(exc))
+                self._reconnect()
+            self.lifecycle.tick()
+            if time.monotonic() >= next_sweep:
+                self.submit(self._sweep)
+                next_sweep = time.monotonic() + self.settings.sweep_interval
+
+    def _reconnect(self) -> None:
+        old, self._broker = self._broker, None
+        if old is not None:
+            old.close()
+        while not self.lifecycle.stop_requested.is_set():
+            try:
+                self._broker = self._connect(5.0)
+                self._broker.start_consuming()
+                log.info("broker_reconnected")
+                return
+            except ServiceUnavailable as exc:
+                log.warning("broker_reconnect_failed", error=str(exc))
+                self.lifecycle.stop_requested.wait(2.0)
+
+    def _shutdown(self) -> None:
+        self.lifecycle.stopping()
+        broker = self._broker
+        deadline = time.monotonic() + self.settings.shutdown_timeout
+        log.info("scheduler_stopping", inflight=self.inflight)
+        try:
+            if broker is not None:
+                broker.stop_consuming()
+                # Keep pumping so in-flight work can still ack and reply.
+                while self.inflight and time.monotonic() < deadline and broker.is_open:
+                    broker.pump(PUMP_SECONDS)
+                broker.pump(0)
+        except AMQP_ERRORS as exc:
+            log.warning("shutdown_broker_error", error=repr(exc))
+        finally:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            if broker is not None:
+                broker.close()
+            self.store.close()
+        log.info("scheduler_stopped", unfinished=self.inflight)
+
+    def _connect(self, timeout: float) -> Broker:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return Broker(self.settings.amqp_url, self.settings.prefetch, self._on_delivery)
+            except ServiceUnavailable as exc:
+                if time.monotonic() >= deadline or self.lifecycle.stop_requested.is_set():
+                    raise
+                log.warning("broker_unavailable_retrying", error=str(exc))
+                time.sleep(1.0)
+
+    def _wait_for_store(self) -> None:
+        deadline = time.monotonic() + self.settings.connect_timeout
+        while True:
+            try:
+                self.store.ping()
+                return
+            except ServiceUnavailable as exc:
+                if time.monotonic() >= deadline or self.lifecycle.stop_requested.is_set():
+                    raise
+                log.warning("store_unavailable_retrying", error=str(exc))
+                time.sleep(1.0)
+
+    def _on_delivery(self, d: Delivery) -> None:
+        self.submit(lambda: self.pipeline.handle(d))
+
+    def _recover(self) -> None:
+        count = self.pipeline.recover()
+        if count:
+            log.info("recovered", syscalls=count)
+
+    def _sweep(self) -> None:
+        # Only records old enough that no live delivery can still be serving them.
+        count = self.pipeline.recover(older_than=self.settings.sweep_interval)
+        if count:
+            log.info("sweep_recovered", syscalls=count)
+
+
+def _guarded(fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except Exception:
+        log.exception("task_failed")

@@ -1,0 +1,75 @@
+"""Settings: read once at start from env vars (``AIOSD_*``), an optional TOML file and CLI flags.
+
+Precedence, highest first: CLI flags, environment, config file, defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from aiosd.sdk.protocol import describe_validation
+
+from .errors import ConfigError
+
+CONFIG_ENV = "AIOSD_CONFIG"
+
+
+class Settings(BaseSettings):
+    """Every tunable of the scheduler and CLI. Field ``x`` is env var ``AIOSD_X``."""
+
+    model_config = SettingsConfigDict(env_prefix="AIOSD_", extra="forbid", frozen=True)
+
+    amqp_url: str = Field(
+        default="amqp://guest:guest@127.0.0.1:5672/%2F",
+        description="Broker URL the scheduler connects with (needs configure rights on its vhost).",
+    )
+    mongo_url: str = Field(default="mongodb://127.0.0.1:27017/", description="MongoDB URL.")
+    mongo_db: str = Field(default="aiosd", description="Database holding all aiosd collections.")
+    prefetch: int = Field(default=64, ge=1, le=10_000, description="Unacked deliveries in flight.")
+    threads: int = Field(default=8, ge=1, le=256, description="Threads serving syscalls.")
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Larger requests are refused.")
+    dev_allow_anonymous: bool = Field(
+        default=False,
+        description="Development only: accept messages without user_id as agent 'anonymous'.",
+    )
+    shutdown_timeout: float = Field(default=30.0, gt=0, description="Seconds to finish in-flight work.")
+    connect_timeout: float = Field(default=30.0, gt=0, description="Seconds to wait for services at start.")
+    sweep_interval: float = Field(default=15.0, gt=0, description="Seconds between recovery sweeps.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="auto: console on a TTY, JSON lines otherwise."
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML source reads model_config["toml_file"]; None means no file.
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def load_settings(config_file: str | None = None, **overrides: Any) -> Settings:
+    """Build the settings; raise :class:`ConfigError` with a readable message."""
+    path = config_file or os.environ.get(CONFIG_ENV)
+    cls: type[Settings] = Settings
+    if path:
+        if not Path(path).is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        cls = type("FileSettings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return cls(**given)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid settings: {describe_validation(exc)}") from exc
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read settings: {exc}") from exc

@@ -1,0 +1,94 @@
+"""Typed descriptions of syscalls, shared by the sync and asyncio clients.
+
+A :class:`Call` names a syscall, its validated arguments and the model its
+result is parsed into; the typed helpers (``client.memory.add(...)``) only build
+calls, so both clients share one definition of each helper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel
+
+from .errors import CallError
+from .protocol import Reply, Request, Status
+from .syscalls import (
+    MemoryAddArgs,
+    MemoryDeleteArgs,
+    MemoryGetArgs,
+    MemorySearchArgs,
+    MemoryUpdateArgs,
+    Note,
+    NoteRef,
+    ResultArgs,
+    SearchResult,
+    StoredResult,
+)
+
+R = TypeVar("R", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class Call(Generic[R]):
+    """One syscall ready to send, and how to read its result."""
+
+    syscall: str
+    args: BaseModel
+    result: type[R]
+
+    def request(self, session: str | None = None, program: str | None = None) -> Request:
+        """The wire request for this call."""
+        args = self.args.model_dump(mode="json", exclude_none=True)
+        return Request(syscall=self.syscall, args=args, session=session, program=program)
+
+    def parse(self, reply: Reply) -> R:
+        """Return the typed result of ``reply`` or raise :class:`CallError`."""
+        return self.result.model_validate(unwrap(reply))
+
+
+def unwrap(reply: Reply) -> Any:
+    """Return ``reply.result`` when the status is ok; raise :class:`CallError` otherwise."""
+    if reply.status == Status.OK:
+        return reply.result
+    code = reply.error.code.value if reply.error else reply.status.value
+    message = reply.error.message if reply.error else f"syscall ended with status {reply.status.value}"
+    raise CallError(code, message, reply)
+
+
+def memory_add(content: str, tags: list[str] | None = None, metadata: dict[str, Any] | None = None) -> Call[NoteRef]:
+    """Describe ``memory.add``."""
+    args = MemoryAddArgs(content=content, tags=tags or [], metadata=metadata or {})
+    return Call("memory.add", args, NoteRef)
+
+
+def memory_get(note_id: str) -> Call[Note]:
+    """Describe ``memory.get``."""
+    return Call("memory.get", MemoryGetArgs(id=note_id), Note)
+
+
+def memory_update(
+    note_id: str,
+    content: str | None = None,
+    tags: list[str] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Call[Note]:
+    """Describe ``memory.update``; fields left ``None`` keep their value."""
+    args = MemoryUpdateArgs(id=note_id, content=content, tags=tags, metadata=metadata)
+    return Call("memory.update", args, Note)
+
+
+def memory_delete(note_id: str) -> Call[NoteRef]:
+    """Describe ``memory.delete``."""
+    return Call("memory.delete", MemoryDeleteArgs(id=note_id), NoteRef)
+
+
+def memory_search(query: str, tags: list[str] | None = None, limit: int = 10) -> Call[SearchResult]:
+    """Describe ``memory.search``."""
+    return Call("memory.search", MemorySearchArgs(query=query, tags=tags or [], limit=limit), SearchResult)
+
+
+def syscall_result(call_id: str) -> Call[StoredResult]:
+    """Describe ``syscall.result``."""
+    return Call("syscall.result", ResultArgs(id=call_id), StoredResult)

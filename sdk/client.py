@@ -1,0 +1,154 @@
+"""Synchronous aiosd client.
+
+>>> with Client("amqp://agent:secret@localhost/") as client:
+...     ref = client.memory.add("the meeting moved to 3pm", tags=["calendar"])
+...     client.memory.search("when is the meeting")
+
+The client is safe to share between threads: calls from several threads are
+in flight at once and each waits for its own reply.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import TimeoutError as FutureTimeout
+from types import TracebackType
+from typing import Any
+
+from .calls import R, Call, memory_add, memory_delete, memory_get, memory_search, memory_update, syscall_result, unwrap
+from .errors import CallTimeout
+from .protocol import Reply, Request
+from .syscalls import Note, NoteRef, SearchResult
+from .transport import Transport
+
+DEFAULT_TIMEOUT = 60.0
+
+
+class Client:
+    """Connects as one agent and makes syscalls over AMQP."""
+
+    def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT, connect_timeout: float = 10.0) -> None:
+        self.timeout = timeout
+        self._transport = Transport(url, connect_timeout=connect_timeout)
+        self.memory = Memory(self)
+        self._transport.start()
+
+    @property
+    def agent(self) -> str:
+        """The agent name: the broker user this client authenticates as."""
+        return self._transport.agent
+
+    def close(self) -> None:
+        """Close the connections; calls still waiting fail with ConnectionFailed."""
+        self._transport.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+    def request(
+        self,
+        syscall: str,
+        args: dict[str, Any] | None = None,
+        *,
+        priority: int = 0,
+        timeout: float | None = None,
+        session: str | None = None,
+        program: str | None = None,
+        message_id: str | None = None,
+    ) -> Reply:
+        """Send a syscall and return its full :class:`Reply`, whatever the status."""
+        req = Request(syscall=syscall, args=args or {}, session=session, program=program)
+        return self._send(req, priority, timeout, message_id)
+
+    def call(
+        self,
+        syscall: str,
+        args: dict[str, Any] | None = None,
+        *,
+        priority: int = 0,
+        timeout: float | None = None,
+        session: str | None = None,
+        program: str | None = None,
+        message_id: str | None = None,
+    ) -> Any:
+        """Send a syscall and return its result; raise :class:`CallError` unless ok."""
+        reply = self.request(
+            syscall, args, priority=priority, timeout=timeout,
+            session=session, program=program, message_id=message_id,
+        )
+        return unwrap(reply)
+
+    def submit(
+        self,
+        syscall: str,
+        args: dict[str, Any] | None = None,
+        *,
+        priority: int = 0,
+        message_id: str | None = None,
+        program: str | None = None,
+    ) -> str:
+        """Publish a syscall without waiting; fetch its outcome later with :meth:`result`."""
+        req = Request(syscall=syscall, args=args or {}, program=program)
+        call_id, _ = self._transport.publish(req, message_id=message_id, priority=priority, want_reply=False)
+        return call_id
+
+    def result(self, call_id: str, *, wait: float = 0.0, poll: float = 0.2) -> Reply | None:
+        """Fetch the stored reply of one of this agent's syscalls by id.
+
+        Returns ``None`` while the syscall has not finished; with ``wait`` > 0,
+        polls until it finishes or ``wait`` seconds pass.
+        """
+        deadline = time.monotonic() + wait
+        while True:
+            stored = self.run(syscall_result(call_id))
+            if stored.reply is not None:
+                return Reply.model_validate(stored.reply)
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(poll)
+
+    def run(self, call: Call[R], *, priority: int = 0, timeout: float | None = None) -> R:
+        """Send a typed :class:`Call` and return its parsed result."""
+        return call.parse(self._send(call.request(), priority, timeout, None))
+
+    def _send(self, req: Request, priority: int, timeout: float | None, message_id: str | None) -> Reply:
+        limit = self.timeout if timeout is None else timeout
+        call_id, fut = self._transport.publish(req, message_id=message_id, priority=priority)
+        try:
+            return fut.result(timeout=limit)
+        except FutureTimeout:
+            self._transport.forget(call_id)
+            raise CallTimeout(call_id, limit) from None
+
+
+class Memory:
+    """``memory.*`` syscalls of a :class:`Client`."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def add(self, content: str, tags: list[str] | None = None, metadata: dict[str, Any] | None = None) -> NoteRef:
+        """Store a note; return its id."""
+        return self._client.run(memory_add(content, tags, metadata))
+
+    def get(self, note_id: str) -> Note:
+        """Fetch a note."""
+        return self._client.run(memory_get(note_id))
+
+    def update(
+        self, note_id: str, content: str | None = None,
+        tags: list[str] | None = None, metadata: dict[str, Any] | None = None,
+    ) -> Note:
+        """Change a note; return it as stored."""
+        return self._client.run(memory_update(note_id, content, tags, metadata))
+
+    def delete(self, note_id: str) -> NoteRef:
+        """Delete a note."""
+        return self._client.run(memory_delete(note_id))
+
+    def search(self, query: str, tags: list[str] | None = None, limit: int = 10) -> SearchResult:
+        """Rank this agent's notes against ``query``, best first."""
+        return self._client.run(memory_search(query, tags, limit))

@@ -1,0 +1,209 @@
+"""Wire protocol v1: the one definition of every message aiosd exchanges.
+
+Everything that crosses RabbitMQ is JSON (UTF-8) with ``content_type``
+``application/json``. Agents publish a :class:`Request` to the ingress exchange
+and receive a :class:`Reply` on the queue named in ``reply_to``. The AMQP
+properties carry the envelope's identity; the body carries the call.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+CONTENT_TYPE = "application/json"
+#: AMQP header carrying the protocol version of a message.
+VERSION_HEADER = "aiosd-protocol"
+
+#: Topic exchange agents publish to; the routing key is the syscall name.
+INGRESS_EXCHANGE = "aiosd.ingress"
+#: Priority queue the scheduler consumes, bound to the ingress exchange with ``#``.
+INGRESS_QUEUE = "aiosd.syscalls"
+#: Fanout exchange and queue for messages the scheduler could not accept.
+DEAD_LETTER_EXCHANGE = "aiosd.dead"
+DEAD_LETTER_QUEUE = "aiosd.dead"
+#: Headers set on a dead-lettered message to say why it was refused.
+DEAD_CODE_HEADER = "x-aiosd-error-code"
+DEAD_REASON_HEADER = "x-aiosd-error-reason"
+#: Reply queues are named ``aiosd.reply.<agent>.<anything>``; brokers grant an
+#: agent only queues under its own prefix.
+REPLY_QUEUE_PREFIX = "aiosd.reply."
+
+MAX_PRIORITY = 9
+MAX_MESSAGE_ID_LENGTH = 128
+
+
+def reply_queue_prefix(agent: str) -> str:
+    """Return the prefix every reply queue of ``agent`` must start with."""
+    return f"{REPLY_QUEUE_PREFIX}{agent}."
+
+
+class Status(str, Enum):
+    """Outcome of a syscall as seen by the agent."""
+
+    OK = "ok"
+    ERROR = "error"
+    DENIED = "denied"
+    PENDING = "pending"
+
+
+class ErrorCode(str, Enum):
+    """Machine-readable error codes carried in :class:`ErrorInfo`."""
+
+    MALFORMED = "malformed"  # body is not JSON / not an object
+    INVALID_REQUEST = "invalid_request"  # envelope or AMQP properties are wrong
+    UNSUPPORTED_VERSION = "unsupported_version"
+    UNKNOWN_SYSCALL = "unknown_syscall"
+    INVALID_ARGS = "invalid_args"
+    TOO_LARGE = "too_large"
+    UNAUTHENTICATED = "unauthenticated"  # no broker-proven identity
+    DENIED = "denied"
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    UNAVAILABLE = "unavailable"
+    TIMEOUT = "timeout"  # client-side: no reply in time
+    INTERNAL = "internal"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Request(_Frozen):
+    """Body of a syscall message published to :data:`INGRESS_EXCHANGE`."""
+
+    v: int = Field(default=PROTOCOL_VERSION, description="Protocol version; must be 1.")
+    syscall: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$",
+        description="Syscall name, e.g. 'memory.add'.",
+    )
+    args: dict[str, Any] = Field(default_factory=dict, description="Syscall arguments.")
+    session: str | None = Field(
+        default=None, max_length=128, description="Conversation/session id, if any."
+    )
+    program: str | None = Field(
+        default=None, max_length=128, description="Groups the calls of one agent run."
+    )
+    deadline: datetime | None = Field(
+        default=None,
+        description="Absolute UTC time after which the call must not start (RFC 3339).",
+    )
+
+
+class ErrorInfo(_Frozen):
+    """Why a syscall did not succeed."""
+
+    code: ErrorCode
+    message: str
+
+
+class Usage(_Frozen):
+    """Resources a syscall consumed."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+
+class Timings(_Frozen):
+    """Where the time of a syscall went, in milliseconds."""
+
+    queue_ms: float = Field(default=0.0, description="Publish (or acceptance) to start of work.")
+    run_ms: float = Field(default=0.0, description="Time spent doing the work.")
+
+
+class Reply(_Frozen):
+    """Body of the message the scheduler publishes to a request's ``reply_to``."""
+
+    v: int = PROTOCOL_VERSION
+    id: str = Field(description="The request's message_id: the syscall id.")
+    syscall: str | None = Field(default=None, description="Name of the syscall answered.")
+    status: Status
+    result: Any = Field(default=None, description="Syscall-specific result when status is ok.")
+    error: ErrorInfo | None = None
+    usage: Usage = Field(default_factory=Usage)
+    timings: Timings = Field(default_factory=Timings)
+
+    @classmethod
+    def ok(cls, id: str, syscall: str, result: Any, **extra: Any) -> Reply:
+        """Build a successful reply."""
+        return cls(id=id, syscall=syscall, status=Status.OK, result=result, **extra)
+
+    @classmethod
+    def failure(
+        cls,
+        id: str,
+        syscall: str | None,
+        code: ErrorCode,
+        message: str,
+        status: Status = Status.ERROR,
+        **extra: Any,
+    ) -> Reply:
+        """Build an error (or denied) reply."""
+        error = ErrorInfo(code=code, message=message)
+        return cls(id=id, syscall=syscall, status=status, error=error, **extra)
+
+
+def encode(model: BaseModel) -> bytes:
+    """Serialize a protocol message to its wire form (compact UTF-8 JSON)."""
+    return model.model_dump_json(exclude_none=False).encode("utf-8")
+
+
+def decode_request(body: bytes) -> Request:
+    """Parse a request body; raise :class:`ProtocolError` with the right code."""
+    data = _load_object(body)
+    version = data.get("v", PROTOCOL_VERSION)
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            ErrorCode.UNSUPPORTED_VERSION,
+            f"protocol version {version!r} is not supported (this server speaks {PROTOCOL_VERSION})",
+        )
+    try:
+        return Request.model_validate(data)
+    except ValidationError as exc:
+        raise ProtocolError(ErrorCode.INVALID_REQUEST, describe_validation(exc)) from exc
+
+
+def decode_reply(body: bytes) -> Reply:
+    """Parse a reply body."""
+    try:
+        return Reply.model_validate(_load_object(body))
+    except ValidationError as exc:
+        raise ProtocolError(ErrorCode.MALFORMED, describe_validation(exc)) from exc
+
+
+def _load_object(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(ErrorCode.MALFORMED, f"body is not valid UTF-8 JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ProtocolError(ErrorCode.MALFORMED, "body must be a JSON object")
+    return data
+
+
+def describe_validation(exc: ValidationError) -> str:
+    """Turn a pydantic error into one human sentence naming each bad field."""
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{where}: {err['msg']}")
+    more = exc.error_count() - len(parts)
+    if more > 0:
+        parts.append(f"and {more} more")
+    return "; ".join(parts)
+
+
+def utcnow() -> datetime:
+    """Timezone-aware current UTC time."""
+    return datetime.now(timezone.utc)

@@ -1,0 +1,137 @@
+"""Arguments and results of every syscall, and the catalogue that names them.
+
+Each syscall has a frozen arguments model (validated by the scheduler before
+anything runs) and a result model (what ``Reply.result`` holds when the status
+is ``ok``). :data:`CATALOGUE` is the single list both sides use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_NOTE_CHARS = 65_536
+MAX_TAGS = 32
+Tag = str
+
+
+class _Args(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class _Result(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+# -- memory ------------------------------------------------------------------
+
+
+class MemoryAddArgs(_Args):
+    """``memory.add``: store a note in the caller's memory."""
+
+    content: str = Field(min_length=1, max_length=MAX_NOTE_CHARS)
+    tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class MemoryGetArgs(_Args):
+    """``memory.get``: fetch one note by id."""
+
+    id: str = Field(min_length=1, max_length=128)
+
+
+class MemoryUpdateArgs(_Args):
+    """``memory.update``: replace the given fields of a note."""
+
+    id: str = Field(min_length=1, max_length=128)
+    content: str | None = Field(default=None, min_length=1, max_length=MAX_NOTE_CHARS)
+    tags: list[Tag] | None = Field(default=None, max_length=MAX_TAGS)
+    metadata: dict[str, Any] | None = None
+
+
+class MemoryDeleteArgs(_Args):
+    """``memory.delete``: remove a note."""
+
+    id: str = Field(min_length=1, max_length=128)
+
+
+class MemorySearchArgs(_Args):
+    """``memory.search``: rank the caller's notes against a query."""
+
+    query: str = Field(min_length=1, max_length=4096)
+    tags: list[Tag] = Field(
+        default_factory=list, max_length=MAX_TAGS, description="Only notes with all these tags."
+    )
+    limit: int = Field(default=10, ge=1, le=100)
+
+
+class Note(_Result):
+    """One memory note."""
+
+    id: str
+    content: str
+    tags: list[Tag]
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+class NoteRef(_Result):
+    """The id of a note that was added or deleted."""
+
+    id: str
+
+
+class ScoredNote(Note):
+    """A search hit; higher ``score`` is more relevant."""
+
+    score: float
+
+
+class SearchResult(_Result):
+    """``memory.search`` result, best first."""
+
+    results: list[ScoredNote]
+
+
+# -- kernel ------------------------------------------------------------------
+
+
+class ResultArgs(_Args):
+    """``syscall.result``: fetch the stored reply of one of the caller's syscalls."""
+
+    id: str = Field(min_length=1, max_length=128, description="The syscall's message_id.")
+
+
+class StoredResult(_Result):
+    """``syscall.result`` result. ``reply`` is null while the syscall is still running."""
+
+    id: str
+    state: str = Field(description="accepted, completed")
+    reply: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Syscall:
+    """A catalogue entry: name, argument model, result model, one-line summary."""
+
+    name: str
+    args: type[BaseModel]
+    result: type[BaseModel]
+    summary: str
+
+
+CATALOGUE: dict[str, Syscall] = {
+    s.name: s
+    for s in (
+        Syscall("memory.add", MemoryAddArgs, NoteRef, "Store a note in the caller's memory."),
+        Syscall("memory.get", MemoryGetArgs, Note, "Fetch one note by id."),
+        Syscall("memory.update", MemoryUpdateArgs, Note, "Change a note's content, tags or metadata."),
+        Syscall("memory.delete", MemoryDeleteArgs, NoteRef, "Delete a note."),
+        Syscall("memory.search", MemorySearchArgs, SearchResult, "Rank notes against a query."),
+        Syscall("syscall.result", ResultArgs, StoredResult, "Fetch a syscall's stored reply by id."),
+    )
+}

@@ -1,0 +1,1 @@
+"""aiosd workers: processes that run leased LLM syscalls on a backend."""
