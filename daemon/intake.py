@@ -139,6 +139,7 @@ class Intake:
             priority=priority,
             reply_to=d.reply_to or None,
             correlation_id=d.correlation_id or message_id,
+            received_at=d.received_at,
         )
         return Accepted(envelope, args)
 

@@ -143,7 +143,7 @@ class Pipeline:
         except Exception as exc:
             log.exception("syscall_crashed", message_id=env.message_id, syscall=req.syscall)
             return Reply.failure(env.message_id, req.syscall, ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")
-        timings = Timings(run_ms=round(elapsed_ms(started), 3))
+        timings = Timings(queue_ms=round(elapsed_ms(env.received_at, started), 3), run_ms=round(elapsed_ms(started), 3))
         return Reply.ok(env.message_id, req.syscall, result.model_dump(mode="json"), timings=timings)
 
     def _send(self, env: Envelope, reply: Reply) -> None:

@@ -39,6 +39,7 @@ class Envelope:
     priority: int
     reply_to: str | None
     correlation_id: str
+    received_at: datetime
 
     @property
     def key(self) -> str:
@@ -73,7 +74,7 @@ class Records:
             "reply_to": env.reply_to,
             "correlation_id": env.correlation_id,
             "state": State.ACCEPTED.value,
-            "accepted_at": utcnow(),
+            "accepted_at": env.received_at,
             "reply": None,
             "replied": False,
         }
@@ -143,6 +144,7 @@ def envelope_from_record(doc: Doc) -> Envelope:
         priority=int(doc.get("priority") or 0),
         reply_to=doc.get("reply_to"),
         correlation_id=doc.get("correlation_id") or doc["id"],
+        received_at=doc["accepted_at"],
     )
 
 

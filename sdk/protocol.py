@@ -51,7 +51,7 @@ class Status(str, Enum):
     OK = "ok"
     ERROR = "error"
     DENIED = "denied"
-    PENDING = "pending"
+    PENDING = "pending"  # reserved: waiting for a human approval
 
 
 class ErrorCode(str, Enum):
@@ -118,7 +118,7 @@ class Usage(_Frozen):
 class Timings(_Frozen):
     """Where the time of a syscall went, in milliseconds."""
 
-    queue_ms: float = Field(default=0.0, description="Publish (or acceptance) to start of work.")
+    queue_ms: float = Field(default=0.0, description="From the scheduler receiving the call to the start of work.")
     run_ms: float = Field(default=0.0, description="Time spent doing the work.")
 
 
