@@ -1,0 +1,54 @@
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TESTS ?= tests
+PYTEST_ARGS ?=
+
+.PHONY: setup venv services services-stop services-status test run lint schema clean
+
+setup: venv services
+
+# Re-install only when the packaging metadata changed; pip's wheel cache keeps it quick anyway.
+venv: $(STAMP)
+
+$(STAMP): $(wildcard setup.cfg pyproject.toml setup.py)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -e '.[daemon,worker,dev]'
+	touch $@
+
+services:
+	scripts/services.sh start
+
+services-stop:
+	scripts/services.sh stop
+
+services-status:
+	scripts/services.sh status
+
+# pytest exits 5 when it collected nothing: that is a failure here, not a pass.
+test: setup
+	@rc=0; $(BIN)/python -m pytest -p no:cacheprovider $(TESTS) $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
+	exit $$rc
+
+run: setup
+	$(BIN)/aiosd demo
+
+# mypy cannot follow setuptools' package_dir mapping, so it checks the aiosd.* packages
+# through a tree of symlinks laid out as they are installed.
+MYPY_TREE := build/mypy
+lint: venv
+	rm -rf $(MYPY_TREE) && mkdir -p $(MYPY_TREE)/aiosd
+	ln -s ../../../sdk $(MYPY_TREE)/aiosd/sdk
+	ln -s ../../../daemon $(MYPY_TREE)/aiosd/daemon
+	ln -s ../../../workers $(MYPY_TREE)/aiosd/workers
+	cd $(MYPY_TREE) && ../../$(BIN)/mypy --config-file ../../setup.cfg \
+		--cache-dir ../../.mypy_cache -p aiosd.sdk -p aiosd.daemon -p aiosd.workers
+
+schema: venv
+	$(BIN)/aiosd schema --write
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,141 @@
+"""``aiosd demo``: sample agents driven through a live scheduler, with a report.
+
+If no scheduler consumes the ingress queue, the demo starts one as a child
+process and stops it (SIGTERM) at the end.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from tempfile import gettempdir
+from typing import Any
+
+import pika
+import pika.exceptions
+from rich.console import Console
+from rich.table import Table
+
+from aiosd.sdk import CallError, Client
+from aiosd.sdk.protocol import INGRESS_QUEUE
+
+from .errors import EXIT_FAILURE, EXIT_OK, ServiceUnavailable
+from .settings import Settings
+
+console = Console()
+
+TOPICS = {
+    "planner": ["standup moved to 10am on monday", "quarterly report due friday", "book the team offsite in june"],
+    "researcher": ["paper on radix attention caches prefixes", "rabbitmq priority queues go from 0 to 9", "bm25 ranks by term frequency"],
+    "shopper": ["buy oat milk and coffee", "the printer needs a new toner", "order birthday cake for saturday"],
+}
+QUERIES = {"planner": "when is the report due", "researcher": "how do priority queues work", "shopper": "what coffee to buy"}
+
+
+@dataclass
+class AgentRun:
+    """What one sample agent did."""
+
+    name: str
+    calls: int = 0
+    errors: list[str] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)
+    answer: str = ""
+
+
+def run_demo(settings: Settings, agents: int) -> int:
+    """Run the demo against ``settings``; return the process exit code."""
+    child = None if _scheduler_is_serving(settings) else _start_scheduler()
+    try:
+        names = [list(TOPICS)[i % len(TOPICS)] for i in range(agents)]
+        console.print(f"[bold]aiosd demo[/]: {agents} sample agents -> {settings.amqp_url.split('@')[-1]}")
+        with Client(settings.amqp_url, timeout=30) as client, ThreadPoolExecutor(agents) as pool:
+            runs = list(pool.map(lambda pair: _agent(client, *pair), enumerate(names)))
+        _report(runs)
+        return EXIT_OK if all(not r.errors for r in runs) else EXIT_FAILURE
+    finally:
+        if child is not None:
+            _stop_scheduler(child)
+
+
+def _agent(client: Client, index: int, kind: str) -> AgentRun:
+    run = AgentRun(name=f"{kind}-{index}")
+    program = run.name
+    try:
+        ids = [_timed(run, lambda t=t: client.call("memory.add", {"content": t, "tags": [kind]}, program=program)["id"]) for t in TOPICS[kind]]
+        hits = _timed(run, lambda: client.call("memory.search", {"query": QUERIES[kind], "tags": [kind], "limit": 1}, program=program))
+        run.answer = hits["results"][0]["content"] if hits["results"] else "(nothing found)"
+        _timed(run, lambda: client.call("memory.update", {"id": ids[0], "tags": [kind, "done"]}, program=program))
+        _timed(run, lambda: client.call("memory.delete", {"id": ids[-1]}, program=program))
+        try:
+            client.call("memory.teleport", {}, program=program)
+        except CallError as exc:
+            run.calls += 1
+            if exc.code != "unknown_syscall":
+                run.errors.append(f"bad call answered with {exc.code}")
+    except CallError as exc:
+        run.errors.append(f"{exc.code}: {exc.message}")
+    return run
+
+
+def _timed(run: AgentRun, fn: Callable[[], Any]) -> Any:
+    start = time.perf_counter()
+    try:
+        return fn()
+    finally:
+        run.calls += 1
+        run.latencies_ms.append((time.perf_counter() - start) * 1000)
+
+
+def _report(runs: list[AgentRun]) -> None:
+    table = Table(title="sample agents")
+    for col in ("agent", "syscalls", "median ms", "memory.search answer", "errors"):
+        table.add_column(col)
+    for r in runs:
+        median = f"{statistics.median(r.latencies_ms):.1f}" if r.latencies_ms else "-"
+        table.add_row(r.name, str(r.calls), median, r.answer, "; ".join(r.errors) or "none")
+    console.print(table)
+    console.print("each agent also sent one unknown syscall and got an [bold]unknown_syscall[/] error reply, as it should")
+
+
+def _scheduler_is_serving(settings: Settings) -> bool:
+    try:
+        conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+    except pika.exceptions.AMQPError as exc:
+        raise ServiceUnavailable(f"RabbitMQ is unreachable: {exc!r} (run `make services`)") from exc
+    try:
+        ok = conn.channel().queue_declare(INGRESS_QUEUE, passive=True)
+        return bool(ok.method.consumer_count)
+    except pika.exceptions.ChannelClosedByBroker:
+        return False  # queue not declared yet: no scheduler ever ran here
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
+def _start_scheduler() -> subprocess.Popen[bytes]:
+    log = Path(gettempdir()) / "aiosd-demo-scheduler.log"
+    console.print(f"starting a scheduler (log: {log})")
+    out = log.open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "aiosd.daemon.cli", "scheduler", "--log-format", "json"], stdout=out, stderr=out)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServiceUnavailable(f"the scheduler exited with {proc.returncode}; see {log}")
+        if "scheduler_ready" in log.read_text(errors="replace"):
+            return proc
+        time.sleep(0.2)
+    proc.kill()
+    raise ServiceUnavailable(f"the scheduler did not become ready; see {log}")
+
+
+def _stop_scheduler(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    code = proc.wait(60)
+    console.print(f"scheduler stopped with SIGTERM, exit code {code}")
