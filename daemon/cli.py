@@ -90,7 +90,7 @@ def result(config_file: str | None, call_id: str, agent: str | None, **overrides
     store = Store(settings.mongo_url, settings.mongo_db)
     try:
         store.ping()
-        docs = Records(store.syscalls).find_by_id(call_id, agent)
+        docs = Records(store.syscalls, store.results).find_by_id(call_id, agent)
     except DaemonError as exc:
         _fail(exc)
     finally:

@@ -10,7 +10,6 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,15 +65,14 @@ def run_demo(settings: Settings, agents: int) -> int:
 
 def _agent(client: Client, index: int, kind: str) -> AgentRun:
     run = AgentRun(name=f"{kind}-{index}")
-    program = run.name
     try:
-        ids = [_timed(run, lambda t=t: client.call("memory.add", {"content": t, "tags": [kind]}, program=program)["id"]) for t in TOPICS[kind]]
-        hits = _timed(run, lambda: client.call("memory.search", {"query": QUERIES[kind], "tags": [kind], "limit": 1}, program=program))
+        ids = [_timed(run, client, "memory.add", {"content": t, "tags": [kind]})["id"] for t in TOPICS[kind]]
+        hits = _timed(run, client, "memory.search", {"query": QUERIES[kind], "tags": [kind], "limit": 1})
         run.answer = hits["results"][0]["content"] if hits["results"] else "(nothing found)"
-        _timed(run, lambda: client.call("memory.update", {"id": ids[0], "tags": [kind, "done"]}, program=program))
-        _timed(run, lambda: client.call("memory.delete", {"id": ids[-1]}, program=program))
+        _timed(run, client, "memory.update", {"id": ids[0], "tags": [kind, "done"]})
+        _timed(run, client, "memory.delete", {"id": ids[-1]})
         try:
-            client.call("memory.teleport", {}, program=program)
+            client.call("memory.teleport", {}, program=run.name)
         except CallError as exc:
             run.calls += 1
             if exc.code != "unknown_syscall":
@@ -84,10 +82,10 @@ def _agent(client: Client, index: int, kind: str) -> AgentRun:
     return run
 
 
-def _timed(run: AgentRun, fn: Callable[[], Any]) -> Any:
+def _timed(run: AgentRun, client: Client, syscall: str, args: dict[str, Any]) -> Any:
     start = time.perf_counter()
     try:
-        return fn()
+        return client.call(syscall, args, program=run.name)
     finally:
         run.calls += 1
         run.latencies_ms.append((time.perf_counter() - start) * 1000)

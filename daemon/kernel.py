@@ -27,7 +27,7 @@ class Kernel:
 
     def __init__(self, store: Store) -> None:
         memory = MemoryService(store.memory)
-        self._records = Records(store.syscalls)
+        self._records = Records(store.syscalls, store.results)
         self._table: dict[str, Handler] = {
             "memory.add": memory.add,
             "memory.get": memory.get,

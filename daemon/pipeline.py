@@ -26,7 +26,7 @@ from .errors import SyscallFailed
 from .intake import Delivery, Intake, Rejected
 from .kernel import Kernel
 from .logs import get_logger
-from .records import Envelope, Records, State, elapsed_ms, envelope_from_record
+from .records import Envelope, Records, elapsed_ms, envelope_from_record
 
 log = get_logger(__name__)
 
@@ -89,7 +89,7 @@ class Pipeline:
         d.ack()
         if created:
             self.execute(env, accepted.args)
-        elif doc["state"] == State.COMPLETED.value and doc.get("reply"):
+        elif doc.get("reply"):
             # A re-published or redelivered duplicate: answer again, never re-run.
             log.info("duplicate_answered", message_id=env.message_id, agent=env.agent)
             self._send(env, Reply.model_validate(doc["reply"]))
@@ -119,8 +119,8 @@ class Pipeline:
             return
         try:
             reply = self._serve(env, args)
-            if self._records.complete(env.key, reply) is None:
-                return  # completed elsewhere (recovery raced a live delivery)
+            if not self._records.complete(env, reply):
+                return  # completed elsewhere: first completion wins
             decision = Decision.COMPLETED if reply.status == Status.OK else Decision.FAILED
             code = reply.error.code.value if reply.error else None
             self._audit.record(agent=env.agent, syscall=env.request.syscall, message_id=env.message_id, decision=decision, code=code)
@@ -149,25 +149,26 @@ class Pipeline:
     def _send(self, env: Envelope, reply: Reply) -> None:
         key = env.key
         if env.reply_to is None:
-            self._records.mark_replied(key)
+            self._records.replied(key)
             return
 
         def on_sent() -> None:
-            self._submit(lambda: self._records.mark_replied(key))
+            self._submit(lambda: self._records.replied(key))
 
         self._outbox.reply(env.reply_to, env.correlation_id, reply, on_sent)
 
     # -- recovery --------------------------------------------------------------
 
     def recover(self, older_than: float = 0.0) -> int:
-        """Finish accepted syscalls and re-send unsent replies; return how many."""
+        """Finish accepted syscalls and re-send replies that may not have left; return how many."""
         count = 0
-        for doc in self._records.unfinished(older_than):
+        for doc in self._records.live(older_than):
             env = envelope_from_record(doc)
-            self.execute(env, _args_of(env))
-            count += 1
-        for doc in self._records.unreplied(older_than):
-            self._send(envelope_from_record(doc), Reply.model_validate(doc["reply"]))
+            done = self._records.result(env.key)
+            if done is not None:
+                self._send(env, Reply.model_validate(done["reply"]))
+            else:
+                self.execute(env, _args_of(env))
             count += 1
         return count
 

@@ -1,8 +1,18 @@
 """Syscall records: the durable state of every accepted syscall.
 
-A record is created once per ``(agent, message_id)`` — the ``_id`` makes a
-duplicate insert fail, which is what makes redelivery idempotent — and moves
-``accepted`` -> ``completed`` in one guarded atomic update.
+Two collections, split so that every update or delete touches a small one:
+
+* ``syscalls`` holds *live* syscalls only: accepted and not yet answered
+  (running, or completed with a reply not yet handed to the broker). Its ``_id`` is
+  ``<agent>/<message_id>``, so a duplicate insert fails: that is what makes
+  redelivery idempotent. A record leaves it once its reply is out.
+* ``results`` is insert-only and read by ``_id``: one document per completed
+  syscall with its reply. Inserting it is the commit point of a syscall; a
+  second completion hits the unique ``_id`` and loses ("first completion wins").
+
+Some MongoDB-compatible servers (FerretDB's SQLite handler among them) scan a
+whole collection for every update or delete, so keeping the updated
+collection small keeps the scheduler fast there, and costs nothing on MongoDB.
 """
 
 from __future__ import annotations
@@ -11,9 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
-from typing import Any
 
-from pymongo import ReturnDocument
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
@@ -53,75 +61,90 @@ def record_key(agent: str, message_id: str) -> str:
 
 
 class Records:
-    """Reads and writes the ``syscalls`` collection."""
+    """Reads and writes the ``syscalls`` (live) and ``results`` collections."""
 
-    def __init__(self, collection: Collection[Doc]) -> None:
-        self._col = collection
+    def __init__(self, live: Collection[Doc], results: Collection[Doc]) -> None:
+        self._live = live
+        self._results = results
 
     def insert(self, env: Envelope) -> tuple[bool, Doc]:
-        """Store a newly accepted syscall. Returns ``(created, record)``."""
-        req = env.request
-        doc: Doc = {
-            "_id": env.key,
-            "id": env.message_id,
-            "agent": env.agent,
-            "syscall": req.syscall,
-            "args": req.args,
-            "session": req.session,
-            "program": req.program,
-            "deadline": req.deadline,
-            "priority": env.priority,
-            "reply_to": env.reply_to,
-            "correlation_id": env.correlation_id,
-            "state": State.ACCEPTED.value,
-            "accepted_at": env.received_at,
-            "reply": None,
-            "replied": False,
-        }
+        """Store a newly accepted syscall.
+
+        Returns ``(True, record)`` when it is new, else ``(False, existing)``
+        where ``existing`` is the live record or, for a syscall already
+        finished, its result document (which has a ``reply``).
+        """
+        doc = _record(env)
         try:
-            self._col.insert_one(doc)
-            return True, doc
+            self._live.insert_one(doc)
         except DuplicateKeyError:
-            existing = self._col.find_one({"_id": env.key})
+            existing = self._live.find_one({"_id": env.key})
             return False, existing or doc
+        done = self._results.find_one({"_id": env.key})
+        if done is not None:
+            # Finished and answered before: this message is a late duplicate.
+            self._live.delete_one({"_id": env.key})
+            return False, done
+        return True, doc
 
-    def complete(self, key: str, reply: Reply) -> Doc | None:
-        """Store the reply; returns the record, or ``None`` if it was already completed."""
-        return self._col.find_one_and_update(
-            {"_id": key, "state": State.ACCEPTED.value},
-            {"$set": {"state": State.COMPLETED.value, "reply": _dump(reply), "completed_at": utcnow()}},
-            return_document=ReturnDocument.AFTER,
-        )
+    def complete(self, env: Envelope, reply: Reply) -> bool:
+        """Commit the reply; ``False`` if the syscall was already completed."""
+        result = {**_record(env), "state": State.COMPLETED.value, "reply": _dump(reply), "completed_at": utcnow()}
+        try:
+            self._results.insert_one(result)
+        except DuplicateKeyError:
+            return False
+        return True
 
-    def mark_replied(self, key: str) -> None:
-        """Note that the reply was handed to the broker."""
-        self._col.update_one({"_id": key}, {"$set": {"replied": True}})
+    def replied(self, key: str) -> None:
+        """The reply reached the broker (or none was asked for): retire the live record."""
+        self._live.delete_one({"_id": key})
+
+    def result(self, key: str) -> Doc | None:
+        """The result document of a completed syscall."""
+        return self._results.find_one({"_id": key})
 
     def get(self, agent: str, message_id: str) -> Doc | None:
-        """The record of ``agent``'s syscall ``message_id``."""
-        return self._col.find_one({"_id": record_key(agent, message_id)})
+        """The result, or else the live record, of ``agent``'s syscall ``message_id``."""
+        key = record_key(agent, message_id)
+        return self._results.find_one({"_id": key}) or self._live.find_one({"_id": key})
 
     def find_by_id(self, message_id: str, agent: str | None = None) -> list[Doc]:
         """Records with this message id (several agents may have used it)."""
-        query: Doc = {"id": message_id}
         if agent is not None:
-            query["agent"] = agent
-        return list(self._col.find(query).limit(20))
+            doc = self.get(agent, message_id)
+            return [doc] if doc else []
+        query: Doc = {"id": message_id}
+        found = {d["_id"]: d for d in self._live.find(query).limit(20)}
+        found.update({d["_id"]: d for d in self._results.find(query).limit(20)})
+        return list(found.values())
 
-    def unfinished(self, older_than: float = 0.0) -> Iterator[Doc]:
-        """Accepted records not yet completed, oldest first."""
+    def live(self, older_than: float = 0.0) -> Iterator[Doc]:
+        """Live records accepted at least ``older_than`` seconds ago, oldest first.
+
+        A live record whose result exists was completed but maybe not answered.
+        """
         cutoff = utcnow() - timedelta(seconds=older_than)
-        return iter(self._col.find({"state": State.ACCEPTED.value, "accepted_at": {"$lte": cutoff}}).sort("accepted_at", 1))
+        return iter(self._live.find({"accepted_at": {"$lte": cutoff}}).sort("accepted_at", 1))
 
-    def unreplied(self, older_than: float = 0.0) -> Iterator[Doc]:
-        """Completed records whose reply may not have reached the broker."""
-        cutoff = utcnow() - timedelta(seconds=older_than)
-        query: Doc = {"state": State.COMPLETED.value, "replied": False, "completed_at": {"$lte": cutoff}}
-        return iter(self._col.find(query).sort("completed_at", 1))
 
-    def count(self, **query: Any) -> int:
-        """Count records matching ``query``."""
-        return self._col.count_documents(query)
+def _record(env: Envelope) -> Doc:
+    req = env.request
+    return {
+        "_id": env.key,
+        "id": env.message_id,
+        "agent": env.agent,
+        "syscall": req.syscall,
+        "args": req.args,
+        "session": req.session,
+        "program": req.program,
+        "deadline": req.deadline,
+        "priority": env.priority,
+        "reply_to": env.reply_to,
+        "correlation_id": env.correlation_id,
+        "state": State.ACCEPTED.value,
+        "accepted_at": env.received_at,
+    }
 
 
 def _dump(reply: Reply) -> Doc:

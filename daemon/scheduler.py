@@ -48,7 +48,7 @@ class Scheduler:
             authorizer=authorizer or OwnDataAuthorizer(),
         )
         self.pipeline = Pipeline(
-            intake, Records(self.store.syscalls), AuditLog(self.store.audit),
+            intake, Records(self.store.syscalls, self.store.results), AuditLog(self.store.audit),
             Kernel(self.store), self, self.submit,
         )
 

@@ -31,6 +31,7 @@ class Store:
         )
         self.db: Database[Doc] = self.client[db_name]
         self.syscalls: Collection[Doc] = self.db["syscalls"]
+        self.results: Collection[Doc] = self.db["results"]
         self.audit: Collection[Doc] = self.db["audit"]
         self.memory: Collection[Doc] = self.db["memory"]
 
@@ -43,8 +44,8 @@ class Store:
 
     def ensure_indexes(self) -> None:
         """Create the indexes the queries rely on (idempotent)."""
-        self.syscalls.create_index([("state", 1), ("accepted_at", 1)])
-        self.syscalls.create_index([("id", 1)])
+        self.syscalls.create_index([("accepted_at", 1)])
+        self.results.create_index([("id", 1)])
         self.audit.create_index([("ts", 1)])
         self.audit.create_index([("agent", 1), ("ts", 1)])
         self.memory.create_index([("agent", 1), ("deleted", 1)])

@@ -85,7 +85,8 @@ def test_refused_with_reply_dead_letter_and_audit(
 
     record = audit_of(shared_world, call_id)
     assert (record["decision"], record["code"], record["agent"]) == ("rejected", code, "guest")
-    assert shared_world.db().syscalls.count_documents({"id": call_id}) == 0  # nothing was accepted
+    db = shared_world.db()
+    assert db.syscalls.count_documents({"id": call_id}) + db.results.count_documents({"id": call_id}) == 0
 
 
 def test_missing_user_id_is_unauthenticated(shared_world: World, agent: RawAgent) -> None:

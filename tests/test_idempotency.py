@@ -22,7 +22,8 @@ def test_duplicate_message_id_runs_once(shared_world: World, scheduler: Schedule
     assert first["result"] == again["result"]  # the stored reply, not a second run
 
     db = shared_world.db()
-    assert db.syscalls.count_documents({"id": "dup-0001"}) == 1
+    assert db.results.count_documents({"id": "dup-0001"}) == 1
+    assert db.syscalls.count_documents({"id": "dup-0001"}) == 0  # nothing left live
     assert db.memory.count_documents({"content": "exactly once please"}) == 1
     accepted = db.audit.count_documents({"message_id": "dup-0001", "decision": "accepted"})
     completed = db.audit.count_documents({"message_id": "dup-0001", "decision": "completed"})
@@ -32,12 +33,12 @@ def test_duplicate_message_id_runs_once(shared_world: World, scheduler: Schedule
 def test_same_message_id_from_two_agents_is_two_calls(shared_world: World, scheduler: SchedulerProcess) -> None:
     """message_id is unique per agent: another agent reusing it is not a duplicate."""
     db = shared_world.db()
-    db.syscalls.delete_many({"id": "shared-id"})
+    db.results.delete_many({"id": "shared-id"})
     agent = RawAgent(shared_world.amqp_url())
     try:
         reply = agent.call("memory.add", {"content": "from guest"}, message_id="shared-id")
     finally:
         agent.close()
     assert reply["status"] == "ok"
-    record = db.syscalls.find_one({"id": "shared-id"})
+    record = db.results.find_one({"id": "shared-id"})
     assert record is not None and record["_id"] == "guest/shared-id" and record["agent"] == "guest"
