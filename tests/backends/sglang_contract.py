@@ -33,13 +33,28 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 ASSISTANT = "<|im_start|>assistant\n"
+#: The ChatML template the tests' fake model folder holds (SmolLM2 and Qwen use ChatML).
+CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
 EOS_ID = 0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def tokenize(text: str) -> list[int]:
@@ -241,8 +256,9 @@ class ContractServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, model_path: str, *, starting_requests: int = 0, token_delay: float = 0.0,
-                 incremental_ids: bool = False) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+                 incremental_ids: bool = False, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__((host, port), _Handler)
+        self.host = host
         self.model_path = model_path
         self.state = ContractState(starting_requests, token_delay, incremental_ids)
         self._thread = threading.Thread(target=self.serve_forever, name="sglang-contract", daemon=True)
@@ -250,7 +266,7 @@ class ContractServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         """Base URL of the running server."""
-        return f"http://127.0.0.1:{self.server_address[1]}"
+        return f"http://{self.host}:{self.server_address[1]}"
 
     def __enter__(self) -> ContractServer:
         self._thread.start()
