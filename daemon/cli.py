@@ -136,5 +136,13 @@ def demo(config_file: str | None, agents: int, **overrides: Any) -> None:
     sys.exit(code)
 
 
+def _register_worker() -> None:
+    from aiosd.workers.cli import worker
+
+    main.add_command(worker)
+
+
+_register_worker()
+
 if __name__ == "__main__":
     main()

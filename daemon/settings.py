@@ -40,6 +40,32 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(default=30.0, gt=0, description="Seconds to finish in-flight work.")
     connect_timeout: float = Field(default=30.0, gt=0, description="Seconds to wait for services at start.")
     sweep_interval: float = Field(default=15.0, gt=0, description="Seconds between recovery sweeps.")
+    # -- LLM scheduling (scheduler) --
+    policy: Literal["fifo", "priority", "round_robin"] = Field(
+        default="priority", description="Order in which queued LLM calls are leased."
+    )
+    slice_tokens: int = Field(default=64, ge=1, description="round_robin: tokens per time slice.")
+    lease_ttl: float = Field(default=30.0, gt=0, description="Seconds a lease lives without a heartbeat.")
+    max_attempts: int = Field(default=3, ge=1, description="Leases per LLM call before it fails.")
+    worker_timeout: float = Field(default=10.0, gt=0, description="Seconds without heartbeat before a worker is dead.")
+    affinity_slack: int = Field(
+        default=1, ge=0, description="Extra in-flight calls a worker may have and still win a call by affinity."
+    )
+    # -- worker --
+    worker_id: str | None = Field(default=None, max_length=64, description="Defaults to <host>-<pid>.")
+    backend: Literal["llamacpp", "openai", "sglang"] = Field(default="llamacpp", description="Worker backend.")
+    capacity: int = Field(default=0, ge=0, description="Concurrent calls per worker; 0 picks the backend's default.")
+    heartbeat_interval: float = Field(default=2.0, gt=0, description="Seconds between worker heartbeats.")
+    model_path: str | None = Field(
+        default=None, description="llamacpp: a GGUF file (default: the bundled SmolLM2); sglang: model to launch."
+    )
+    backend_url: str | None = Field(default=None, description="openai/sglang: URL of a running server.")
+    model_name: str | None = Field(default=None, description="openai: model name to request.")
+    sglang_port: int = Field(default=30000, ge=1, le=65535, description="Port of a launched SGLang server.")
+    sglang_mem_fraction: float | None = Field(default=None, gt=0, le=1, description="--mem-fraction-static.")
+    sglang_max_running_requests: int | None = Field(default=None, ge=1, description="--max-running-requests.")
+    sglang_schedule_policy: str | None = Field(default=None, description="--schedule-policy (lpm, fcfs, ...).")
+    sglang_args: list[str] = Field(default_factory=list, description="Further launch_server arguments.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto", description="auto: console on a TTY, JSON lines otherwise."

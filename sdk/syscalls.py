@@ -13,6 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .llm import LlmChatArgs, LlmChatResult
+
 MAX_NOTE_CHARS = 65_536
 MAX_TAGS = 32
 Tag = str
@@ -132,6 +134,7 @@ CATALOGUE: dict[str, Syscall] = {
         Syscall("memory.update", MemoryUpdateArgs, Note, "Change a note's content, tags or metadata."),
         Syscall("memory.delete", MemoryDeleteArgs, NoteRef, "Delete a note."),
         Syscall("memory.search", MemorySearchArgs, SearchResult, "Rank notes against a query."),
+        Syscall("llm.chat", LlmChatArgs, LlmChatResult, "Generate the next assistant message (served by a worker)."),
         Syscall("syscall.result", ResultArgs, StoredResult, "Fetch a syscall's stored reply by id."),
     )
 }
