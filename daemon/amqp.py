@@ -18,6 +18,7 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
+from aiosd.sdk.cluster import EVENTS_QUEUE, WORKER_EXCHANGE
 from aiosd.sdk.protocol import (
     CONTENT_TYPE,
     DEAD_CODE_HEADER,
@@ -54,12 +55,14 @@ def declare_topology(ch: BlockingChannel) -> None:
         arguments={"x-max-priority": MAX_PRIORITY, "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE},
     )
     ch.queue_bind(INGRESS_QUEUE, INGRESS_EXCHANGE, "#")
+    ch.exchange_declare(WORKER_EXCHANGE, "direct", durable=True)
+    ch.queue_declare(EVENTS_QUEUE, durable=True)
 
 
 class Broker:
     """One connection to RabbitMQ: consume the ingress queue, publish replies."""
 
-    def __init__(self, url: str, prefetch: int, on_delivery: Callable[[Delivery], None]) -> None:
+    def __init__(self, url: str, prefetch: int) -> None:
         params = pika.URLParameters(url)
         params.heartbeat = 30
         params.blocked_connection_timeout = 60
@@ -73,20 +76,19 @@ class Broker:
             self._dead.confirm_delivery()
         except AMQP_ERRORS as exc:
             raise ServiceUnavailable(f"RabbitMQ is unreachable at {_safe(params)}: {exc!r}") from exc
-        self._on_delivery = on_delivery
-        self._tag: str | None = None
+        self._tags: list[str] = []
 
     # -- owner thread ------------------------------------------------------------
 
-    def start_consuming(self) -> None:
-        """Start delivering ingress messages to ``on_delivery``."""
-        self._tag = self._ch.basic_consume(INGRESS_QUEUE, self._on_message, auto_ack=False)
+    def consume(self, queue: str, on_delivery: Callable[[Delivery], None]) -> None:
+        """Deliver the messages of ``queue`` to ``on_delivery`` (manual acks)."""
+        callback = partial(self._on_message, on_delivery)
+        self._tags.append(self._ch.basic_consume(queue, callback, auto_ack=False))
 
     def stop_consuming(self) -> None:
         """Stop new deliveries; messages prefetched but unacked go back on close."""
-        if self._tag is not None and self._ch.is_open:
-            self._ch.basic_cancel(self._tag)
-            self._tag = None
+        while self._tags and self._ch.is_open:
+            self._ch.basic_cancel(self._tags.pop())
 
     def pump(self, seconds: float) -> None:
         """Run I/O and queued callbacks for up to ``seconds``."""
@@ -105,7 +107,14 @@ class Broker:
         """Whether the connection is usable."""
         return bool(self._conn.is_open)
 
-    def _on_message(self, ch: BlockingChannel, method: Basic.Deliver, props: BasicProperties, body: bytes) -> None:
+    def _on_message(
+        self,
+        on_delivery: Callable[[Delivery], None],
+        ch: BlockingChannel,
+        method: Basic.Deliver,
+        props: BasicProperties,
+        body: bytes,
+    ) -> None:
         tag = method.delivery_tag
         d = Delivery(
             body=body,
@@ -121,13 +130,18 @@ class Broker:
             headers=dict(props.headers or {}),
             redelivered=bool(method.redelivered),
         )
-        self._on_delivery(d)
+        on_delivery(d)
 
     # -- any thread ----------------------------------------------------------------
 
     def reply(self, reply_to: str, correlation_id: str, reply: Reply, on_sent: Callable[[], None]) -> None:
         """Publish ``reply`` to the queue ``reply_to`` (thread-safe)."""
         self._later(partial(self._publish_reply, reply_to, correlation_id, encode(reply), on_sent))
+
+    def publish_lease(self, worker_id: str, body: bytes) -> None:
+        """Send a lease to a worker's queue (thread-safe). A lost lease simply expires."""
+        props = BasicProperties(content_type=CONTENT_TYPE, headers={VERSION_HEADER: PROTOCOL_VERSION}, delivery_mode=1)
+        self._later(partial(self._ch.basic_publish, WORKER_EXCHANGE, worker_id, body, props))
 
     def _later(self, fn: Callable[[], None]) -> None:
         try:

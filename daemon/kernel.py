@@ -41,6 +41,11 @@ class Kernel:
         """Whether this kernel has a handler for ``syscall``."""
         return syscall in self._table
 
+    @staticmethod
+    def defers(syscall: str) -> bool:
+        """Whether ``syscall`` is served by a worker (leased) rather than here."""
+        return syscall.startswith("llm.")
+
     def run(self, ctx: CallContext, args: BaseModel) -> BaseModel:
         """Serve one syscall."""
         return self._table[ctx.syscall](ctx, args)

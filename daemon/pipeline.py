@@ -52,6 +52,7 @@ class Pipeline:
         kernel: Kernel,
         outbox: Outbox,
         submit: Callable[[Callable[[], None]], None],
+        defer: Callable[[Envelope], None],
     ) -> None:
         self._intake = intake
         self._records = records
@@ -59,6 +60,7 @@ class Pipeline:
         self._kernel = kernel
         self._outbox = outbox
         self._submit = submit
+        self._defer = defer
         self._running: set[str] = set()
         self._running_lock = threading.Lock()
 
@@ -114,24 +116,30 @@ class Pipeline:
     # -- serving ---------------------------------------------------------------
 
     def execute(self, env: Envelope, args: BaseModel) -> None:
-        """Serve an accepted syscall, store its reply and send it."""
+        """Serve an accepted syscall (or hand it to a worker queue) and answer it."""
         if not self._claim(env.key):
             return
         try:
-            reply = self._serve(env, args)
-            if not self._records.complete(env, reply):
-                return  # completed elsewhere: first completion wins
-            decision = Decision.COMPLETED if reply.status == Status.OK else Decision.FAILED
-            code = reply.error.code.value if reply.error else None
-            self._audit.record(agent=env.agent, syscall=env.request.syscall, message_id=env.message_id, decision=decision, code=code)
-            self._send(env, reply)
+            if self._kernel.defers(env.request.syscall) and not _past_deadline(env):
+                self._defer(env)
+                return
+            self.finish(env, self._serve(env, args))
         finally:
             self._release(env.key)
+
+    def finish(self, env: Envelope, reply: Reply) -> None:
+        """Commit ``reply`` as the syscall's result, audit it and send it (first completion wins)."""
+        if not self._records.complete(env, reply):
+            return
+        decision = Decision.COMPLETED if reply.status == Status.OK else Decision.FAILED
+        code = reply.error.code.value if reply.error else None
+        self._audit.record(agent=env.agent, syscall=env.request.syscall, message_id=env.message_id, decision=decision, code=code)
+        self._send(env, reply)
 
     def _serve(self, env: Envelope, args: BaseModel) -> Reply:
         req = env.request
         started = utcnow()
-        if req.deadline is not None and started > req.deadline:
+        if req.deadline is not None and _past_deadline(env):
             return Reply.failure(env.message_id, req.syscall, ErrorCode.DEADLINE_EXCEEDED, f"deadline {req.deadline.isoformat()} passed before the call started")
         ctx = CallContext(agent=env.agent, call_id=env.message_id, syscall=req.syscall, session=req.session, program=req.program)
         try:
@@ -167,8 +175,10 @@ class Pipeline:
             done = self._records.result(env.key)
             if done is not None:
                 self._send(env, Reply.model_validate(done["reply"]))
-            else:
+            elif doc["state"] == "accepted":
                 self.execute(env, _args_of(env))
+            else:
+                continue  # queued or leased: the dispatcher owns it
             count += 1
         return count
 
@@ -182,6 +192,10 @@ class Pipeline:
     def _release(self, key: str) -> None:
         with self._running_lock:
             self._running.discard(key)
+
+
+def _past_deadline(env: Envelope) -> bool:
+    return env.request.deadline is not None and utcnow() > env.request.deadline
 
 
 def _args_of(env: Envelope) -> BaseModel:

@@ -13,16 +13,23 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from aiosd.sdk.protocol import Reply
+from pymongo.errors import PyMongoError
+
+from aiosd.sdk.cluster import EVENTS_QUEUE, decode_event
+from aiosd.sdk.errors import ProtocolError
+from aiosd.sdk.protocol import INGRESS_QUEUE, Reply
 
 from .amqp import AMQP_ERRORS, Broker
 from .audit import AuditLog
 from .errors import ServiceUnavailable
 from .intake import Authorizer, Delivery, Intake, OwnDataAuthorizer
+from .dispatcher import Dispatcher
 from .kernel import Kernel
 from .lifecycle import Lifecycle
+from .llm import LlmService
 from .logs import get_logger
-from .pipeline import Pipeline
+from .pipeline import RETRY_PAUSE, Pipeline
+from .policies import make_policy
 from .records import Records
 from .settings import Settings
 from .store import Store
@@ -49,7 +56,11 @@ class Scheduler:
         )
         self.pipeline = Pipeline(
             intake, Records(self.store.syscalls, self.store.results), AuditLog(self.store.audit),
-            Kernel(self.store), self, self.submit,
+            Kernel(self.store), self, self.submit, defer=lambda env: self.llm.submit(env),
+        )
+        self.llm = LlmService(self.store, settings, self.pipeline.finish, wake=lambda: self.dispatcher.wake())
+        self.dispatcher = Dispatcher(
+            self.llm, make_policy(settings.policy, settings.slice_tokens), settings, self._publish_lease
         )
 
     # -- Outbox: replies always go out on the current connection ---------------
@@ -59,6 +70,11 @@ class Scheduler:
         broker = self._broker
         if broker is not None:
             broker.reply(reply_to, correlation_id, reply, on_sent)
+
+    def _publish_lease(self, worker_id: str, body: bytes) -> None:
+        broker = self._broker
+        if broker is not None:
+            broker.publish_lease(worker_id, body)
 
     def submit(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the syscall threads, tracked as in-flight work."""
@@ -85,9 +101,10 @@ class Scheduler:
         self.store.ensure_indexes()
         self._broker = self._connect(self.settings.connect_timeout)
         self.submit(self._recover)
-        self._broker.start_consuming()
+        self._consume(self._broker)
+        self.dispatcher.start()
         self.lifecycle.ready()
-        log.info("scheduler_ready", threads=self.settings.threads, prefetch=self.settings.prefetch)
+        log.info("scheduler_ready", threads=self.settings.threads, prefetch=self.settings.prefetch, policy=self.settings.policy)
         try:
             self._loop()
         finally:
@@ -114,15 +131,20 @@ class Scheduler:
         while not self.lifecycle.stop_requested.is_set():
             try:
                 self._broker = self._connect(5.0)
-                self._broker.start_consuming()
+                self._consume(self._broker)
                 log.info("broker_reconnected")
                 return
             except ServiceUnavailable as exc:
                 log.warning("broker_reconnect_failed", error=str(exc))
                 self.lifecycle.stop_requested.wait(2.0)
 
+    def _consume(self, broker: Broker) -> None:
+        broker.consume(INGRESS_QUEUE, self._on_delivery)
+        broker.consume(EVENTS_QUEUE, self._on_event)
+
     def _shutdown(self) -> None:
         self.lifecycle.stopping()
+        self.dispatcher.stop()
         broker = self._broker
         deadline = time.monotonic() + self.settings.shutdown_timeout
         log.info("scheduler_stopping", inflight=self.inflight)
@@ -146,7 +168,7 @@ class Scheduler:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                return Broker(self.settings.amqp_url, self.settings.prefetch, self._on_delivery)
+                return Broker(self.settings.amqp_url, self.settings.prefetch)
             except ServiceUnavailable as exc:
                 if time.monotonic() >= deadline or self.lifecycle.stop_requested.is_set():
                     raise
@@ -167,6 +189,25 @@ class Scheduler:
 
     def _on_delivery(self, d: Delivery) -> None:
         self.submit(lambda: self.pipeline.handle(d))
+
+    def _on_event(self, d: Delivery) -> None:
+        self.submit(lambda: self._handle_event(d))
+
+    def _handle_event(self, d: Delivery) -> None:
+        try:
+            event = decode_event(d.body)
+        except ProtocolError as exc:
+            log.warning("bad_worker_event", code=exc.code.value, reason=exc.message)
+            d.dead_letter(exc.code.value, exc.message)
+            return
+        try:
+            self.llm.on_event(event)
+        except PyMongoError as exc:
+            log.error("store_unavailable", error=str(exc))
+            time.sleep(RETRY_PAUSE)
+            d.nack(True)
+            return
+        d.ack()
 
     def _recover(self) -> None:
         count = self.pipeline.recover()

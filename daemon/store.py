@@ -34,6 +34,8 @@ class Store:
         self.results: Collection[Doc] = self.db["results"]
         self.audit: Collection[Doc] = self.db["audit"]
         self.memory: Collection[Doc] = self.db["memory"]
+        self.workers: Collection[Doc] = self.db["workers"]
+        self.usage: Collection[Doc] = self.db["usage"]
 
     def ping(self) -> None:
         """Raise :class:`ServiceUnavailable` unless MongoDB answers."""
@@ -45,6 +47,7 @@ class Store:
     def ensure_indexes(self) -> None:
         """Create the indexes the queries rely on (idempotent)."""
         self.syscalls.create_index([("accepted_at", 1)])
+        self.syscalls.create_index([("state", 1), ("priority", -1), ("queued_at", 1)])
         self.results.create_index([("id", 1)])
         self.audit.create_index([("ts", 1)])
         self.audit.create_index([("agent", 1), ("ts", 1)])
