@@ -4,47 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from typing import Any
 
 import click
 
-from .errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_UNAVAILABLE, ConfigError, DaemonError, ServiceUnavailable
-from .settings import Settings, load_settings
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def settings_options(fn: F) -> F:
-    """Options shared by every command that needs settings; they override env and file."""
-    for option in reversed(
-        [
-            click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML settings file (env AIOSD_CONFIG)."),
-            click.option("--amqp-url", help="RabbitMQ URL (env AIOSD_AMQP_URL)."),
-            click.option("--mongo-url", help="MongoDB URL (env AIOSD_MONGO_URL)."),
-            click.option("--mongo-db", help="MongoDB database (env AIOSD_MONGO_DB)."),
-            click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)),
-            click.option("--log-format", type=click.Choice(["auto", "json", "console"])),
-        ]
-    ):
-        fn = option(fn)
-    return fn
-
-
-def _settings(config_file: str | None, **overrides: Any) -> Settings:
-    if overrides.get("log_level"):
-        overrides["log_level"] = overrides["log_level"].upper()
-    try:
-        return load_settings(config_file, **overrides)
-    except ConfigError as exc:
-        click.echo(f"aiosd: {exc}", err=True)
-        sys.exit(EXIT_CONFIG)
-
-
-def _fail(exc: DaemonError) -> NoReturn:
-    click.echo(f"aiosd: {exc}", err=True)
-    sys.exit(EXIT_UNAVAILABLE if isinstance(exc, ServiceUnavailable) else EXIT_FAILURE)
-
+from .errors import EXIT_FAILURE, DaemonError
+from .options import fail, load, settings_options
 
 @click.group()
 @click.version_option(package_name="aiosd")
@@ -67,14 +32,14 @@ def scheduler(config_file: str | None, **overrides: Any) -> None:
     from .logs import configure_logging
     from .scheduler import Scheduler
 
-    settings = _settings(config_file, **overrides)
+    settings = load(config_file, **overrides)
     configure_logging(settings.log_level, settings.log_format)
     lifecycle = Lifecycle()
     lifecycle.install_signal_handlers()
     try:
         Scheduler(settings, lifecycle).run()
     except DaemonError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 @main.command()
@@ -86,13 +51,13 @@ def result(config_file: str | None, call_id: str, agent: str | None, **overrides
     from .records import Records
     from .store import Store
 
-    settings = _settings(config_file, **overrides)
+    settings = load(config_file, **overrides)
     store = Store(settings.mongo_url, settings.mongo_db)
     try:
         store.ping()
         docs = Records(store.syscalls, store.results).find_by_id(call_id, agent)
     except DaemonError as exc:
-        _fail(exc)
+        fail(exc)
     finally:
         store.close()
     if not docs:
@@ -128,11 +93,11 @@ def demo(config_file: str | None, agents: int, **overrides: Any) -> None:
     """Start a scheduler if none is serving, drive sample agents through it, report."""
     from .demo import run_demo
 
-    settings = _settings(config_file, **overrides)
+    settings = load(config_file, **overrides)
     try:
         code = run_demo(settings, agents)
     except DaemonError as exc:
-        _fail(exc)
+        fail(exc)
     sys.exit(code)
 
 

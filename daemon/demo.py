@@ -1,7 +1,8 @@
-"""``aiosd demo``: sample agents driven through a live scheduler, with a report.
+"""``aiosd demo``: sample agents driven through a live scheduler and worker, with a report.
 
-If no scheduler consumes the ingress queue, the demo starts one as a child
-process and stops it (SIGTERM) at the end.
+If no scheduler consumes the ingress queue, the demo starts one; if no worker
+heartbeats, it starts a CPU worker with the embedded model. It stops (SIGTERM)
+whatever it started at the end.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from tempfile import gettempdir
 from typing import Any
@@ -22,10 +24,11 @@ from rich.console import Console
 from rich.table import Table
 
 from aiosd.sdk import CallError, Client
-from aiosd.sdk.protocol import INGRESS_QUEUE
+from aiosd.sdk.protocol import INGRESS_QUEUE, utcnow
 
 from .errors import EXIT_FAILURE, EXIT_OK, ServiceUnavailable
 from .settings import Settings
+from .store import Store
 
 console = Console()
 
@@ -50,8 +53,12 @@ class AgentRun:
 
 def run_demo(settings: Settings, agents: int) -> int:
     """Run the demo against ``settings``; return the process exit code."""
-    child = None if _scheduler_is_serving(settings) else _start_scheduler()
+    children: list[tuple[str, subprocess.Popen[bytes]]] = []
     try:
+        if not _scheduler_is_serving(settings):
+            children.append(("scheduler", _start("scheduler", "scheduler_ready")))
+        if not _worker_is_serving(settings):
+            children.append(("worker", _start("worker", "worker_ready")))
         names = [list(TOPICS)[i % len(TOPICS)] for i in range(agents)]
         console.print(f"[bold]aiosd demo[/]: {agents} sample agents -> {settings.amqp_url.split('@')[-1]}")
         with Client(settings.amqp_url, timeout=30) as client, ThreadPoolExecutor(agents) as pool:
@@ -59,8 +66,8 @@ def run_demo(settings: Settings, agents: int) -> int:
         _report(runs)
         return EXIT_OK if all(not r.errors for r in runs) else EXIT_FAILURE
     finally:
-        if child is not None:
-            _stop_scheduler(child)
+        for name, proc in reversed(children):
+            _stop(name, proc)
 
 
 def _agent(client: Client, index: int, kind: str) -> AgentRun:
@@ -68,7 +75,12 @@ def _agent(client: Client, index: int, kind: str) -> AgentRun:
     try:
         ids = [_timed(run, client, "memory.add", {"content": t, "tags": [kind]})["id"] for t in TOPICS[kind]]
         hits = _timed(run, client, "memory.search", {"query": QUERIES[kind], "tags": [kind], "limit": 1})
-        run.answer = hits["results"][0]["content"] if hits["results"] else "(nothing found)"
+        found = hits["results"][0]["content"] if hits["results"] else "(nothing found)"
+        chat = _timed(run, client, "llm.chat", {"messages": [
+            {"role": "system", "content": "You are a concise assistant."},
+            {"role": "user", "content": f"Write a short reminder for this task: {found}"},
+        ], "max_tokens": 40, "temperature": 0})
+        run.answer = f"note: {found}\nllm: {chat['text'].strip()}"
         _timed(run, client, "memory.update", {"id": ids[0], "tags": [kind, "done"]})
         _timed(run, client, "memory.delete", {"id": ids[-1]})
         try:
@@ -92,8 +104,8 @@ def _timed(run: AgentRun, client: Client, syscall: str, args: dict[str, Any]) ->
 
 
 def _report(runs: list[AgentRun]) -> None:
-    table = Table(title="sample agents")
-    for col in ("agent", "syscalls", "median ms", "memory.search answer", "errors"):
+    table = Table(title="sample agents", show_lines=True)
+    for col in ("agent", "syscalls", "median ms", "memory.search + llm.chat", "errors"):
         table.add_column(col)
     for r in runs:
         median = f"{statistics.median(r.latencies_ms):.1f}" if r.latencies_ms else "-"
@@ -117,23 +129,33 @@ def _scheduler_is_serving(settings: Settings) -> bool:
             conn.close()
 
 
-def _start_scheduler() -> subprocess.Popen[bytes]:
-    log = Path(gettempdir()) / "aiosd-demo-scheduler.log"
-    console.print(f"starting a scheduler (log: {log})")
+def _worker_is_serving(settings: Settings) -> bool:
+    store = Store(settings.mongo_url, settings.mongo_db)
+    try:
+        cutoff = utcnow() - timedelta(seconds=3 * settings.heartbeat_interval)
+        return store.workers.count_documents({"alive": True, "last_seen": {"$gte": cutoff}}) > 0
+    finally:
+        store.close()
+
+
+def _start(command: str, ready_event: str) -> subprocess.Popen[bytes]:
+    log = Path(gettempdir()) / f"aiosd-demo-{command}.log"
+    console.print(f"starting a {command} (log: {log})")
     out = log.open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "aiosd.daemon.cli", "scheduler", "--log-format", "json"], stdout=out, stderr=out)
-    deadline = time.monotonic() + 60
+    argv = [sys.executable, "-m", "aiosd.daemon.cli", command, "--log-format", "json"]
+    proc = subprocess.Popen(argv, stdout=out, stderr=out)
+    deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise ServiceUnavailable(f"the scheduler exited with {proc.returncode}; see {log}")
-        if "scheduler_ready" in log.read_text(errors="replace"):
+            raise ServiceUnavailable(f"the {command} exited with {proc.returncode}; see {log}")
+        if ready_event in log.read_text(errors="replace"):
             return proc
         time.sleep(0.2)
     proc.kill()
-    raise ServiceUnavailable(f"the scheduler did not become ready; see {log}")
+    raise ServiceUnavailable(f"the {command} did not become ready; see {log}")
 
 
-def _stop_scheduler(proc: subprocess.Popen[bytes]) -> None:
+def _stop(name: str, proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
-    code = proc.wait(60)
-    console.print(f"scheduler stopped with SIGTERM, exit code {code}")
+    code = proc.wait(120)
+    console.print(f"{name} stopped with SIGTERM, exit code {code}")

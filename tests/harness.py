@@ -155,3 +155,39 @@ class SchedulerProcess:
                 self.proc.wait()
         if hasattr(self, "_log"):
             self._log.close()
+
+
+def completed_records(db: pymongo.database.Database[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The stored outcome of every completed syscall: its ``results`` document (with ``reply``)."""
+    return list(db["results"].find({}))
+
+
+def completed_count(db: pymongo.database.Database[dict[str, Any]]) -> int:
+    """How many syscalls are completed."""
+    return db["results"].count_documents({})
+
+
+def unfinished_count(db: pymongo.database.Database[dict[str, Any]]) -> int:
+    """Live syscalls (in ``syscalls``) that have no result yet: accepted and not completed."""
+    live = [d["_id"] for d in db["syscalls"].find({}, {"_id": 1})]
+    if not live:
+        return 0
+    done = db["results"].count_documents({"_id": {"$in": live}})
+    return len(live) - done
+
+
+class WorkerProcess(SchedulerProcess):
+    """An ``aiosd worker`` subprocess (``worker_id`` fixed) with its JSON log captured to a file."""
+
+    def __init__(self, world: World, log_dir: Path, worker_id: str | None = None, **settings: str) -> None:
+        super().__init__(world, log_dir, **settings)
+        self.worker_id = worker_id or f"w-{uuid.uuid4().hex[:6]}"
+        self.env["AIOSD_WORKER_ID"] = self.worker_id
+        self.log_path = log_dir / f"worker-{self.worker_id}.log"
+
+    def start(self, wait: bool = True, *args: str) -> WorkerProcess:
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(aiosd_command("worker", *args), env=self.env, stdout=self._log, stderr=self._log)
+        if wait:
+            self.wait_for("worker_ready", timeout=60.0)
+        return self
