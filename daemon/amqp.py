@@ -104,8 +104,8 @@ class Broker:
 
     @property
     def is_open(self) -> bool:
-        """Whether the connection is usable."""
-        return bool(self._conn.is_open)
+        """Whether the connection and its channels are usable (a channel can die alone)."""
+        return bool(self._conn.is_open and self._ch.is_open and self._dead.is_open)
 
     def _on_message(
         self,

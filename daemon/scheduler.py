@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
+import pika.exceptions
 from pymongo.errors import PyMongoError
 
 from aiosd.sdk.cluster import EVENTS_QUEUE, decode_event
@@ -44,7 +45,7 @@ class Scheduler:
     def __init__(self, settings: Settings, lifecycle: Lifecycle, authorizer: Authorizer | None = None) -> None:
         self.settings = settings
         self.lifecycle = lifecycle
-        self.store = Store(settings.mongo_url, settings.mongo_db)
+        self.store = Store(settings.mongo_url, settings.mongo_db, timeout=min(settings.connect_timeout, 5.0))
         self._executor = ThreadPoolExecutor(settings.threads, thread_name_prefix="aiosd-syscall")
         self._inflight: set[Future[None]] = set()
         self._inflight_lock = threading.Lock()
@@ -97,9 +98,15 @@ class Scheduler:
 
     def run(self) -> None:
         """Serve until a stop is requested. Raises ServiceUnavailable if services never come up."""
-        self._wait_for_store()
-        self.store.ensure_indexes()
-        self._broker = self._connect(self.settings.connect_timeout)
+        try:
+            self._wait_for_store()
+            self.store.ensure_indexes()
+            self._broker = self._connect(self.settings.connect_timeout)
+        except ServiceUnavailable:
+            if self.lifecycle.stop_requested.is_set():
+                self.store.close()
+                return  # asked to stop while waiting for services: a clean exit
+            raise
         self.submit(self._recover)
         self._consume(self._broker)
         self.dispatcher.start()
@@ -116,6 +123,8 @@ class Scheduler:
             try:
                 assert self._broker is not None
                 self._broker.pump(PUMP_SECONDS)
+                if not self._broker.is_open:
+                    raise pika.exceptions.ChannelClosed(0, "a channel closed")
             except AMQP_ERRORS as exc:
                 log.error("broker_connection_lost", error=repr(exc))
                 self._reconnect()
