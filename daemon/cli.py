@@ -109,5 +109,16 @@ def _register_worker() -> None:
 
 _register_worker()
 
+
+def _register_admin() -> None:
+    from .admin_cli import approvals, approve, audit, deny
+    from .agents_cli import agents
+
+    for command in (agents, approvals, approve, deny, audit):
+        main.add_command(command)
+
+
+_register_admin()
+
 if __name__ == "__main__":
     main()

@@ -47,3 +47,33 @@ class Denied(SyscallFailed):
     """The caller's policy does not allow this."""
 
     code = ErrorCode.DENIED
+
+
+class QuotaExceeded(Denied):
+    """A memory or storage quota of the caller's policy is used up."""
+
+    code = ErrorCode.QUOTA_EXCEEDED
+
+
+class AccessError(DaemonError):
+    """An agent, policy or approval operation cannot be done (bad input or state)."""
+
+
+class InvalidPolicy(AccessError):
+    """A policy document or agent name does not validate."""
+
+
+class AgentNotFound(AccessError):
+    """No agent of that name is registered."""
+
+
+class AgentExists(AccessError):
+    """An agent (or broker user) of that name already exists."""
+
+
+class BrokerAdminError(ServiceUnavailable):
+    """RabbitMQ's management API failed or refused a request."""
+
+
+class AuditError(DaemonError):
+    """The audit log cannot be read or verified (not: the chain is broken)."""

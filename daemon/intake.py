@@ -23,6 +23,7 @@ from aiosd.sdk.protocol import (
     Status,
     decode_request,
     describe_validation,
+    reply_queue_prefix,
     utcnow,
 )
 from aiosd.sdk.syscalls import CATALOGUE
@@ -71,8 +72,10 @@ class Rejected(Exception):
         syscall: str | None = None,
         status: Status = Status.ERROR,
         dead_letter: bool = True,
+        resource: str | None = None,
     ) -> None:
         super().__init__(reason)
+        self.resource = resource
         self.dead_letter = dead_letter
         self.code = code
         self.reason = reason
@@ -81,17 +84,29 @@ class Rejected(Exception):
         self.status = status
 
 
-class Authorizer(Protocol):
-    """Decides whether ``agent`` may make ``request``; raises :class:`Rejected` if not."""
+@dataclass(frozen=True)
+class Admission:
+    """An authorizer's yes: the priority the call gets and whether a human must approve it."""
 
-    def authorize(self, agent: str, request: Request, args: BaseModel) -> None: ...
+    priority: int
+    needs_approval: bool = False
+
+
+class Authorizer(Protocol):
+    """Decides whether ``agent`` may make ``request``; raises :class:`Rejected` if not.
+
+    ``priority`` is the requested one (0-9); the admission may lower it.
+    """
+
+    def authorize(self, agent: str, request: Request, args: BaseModel, priority: int) -> Admission: ...
 
 
 class OwnDataAuthorizer:
     """Allows every catalogued syscall; services scope each call to the caller's own data."""
 
-    def authorize(self, agent: str, request: Request, args: BaseModel) -> None:
+    def authorize(self, agent: str, request: Request, args: BaseModel, priority: int) -> Admission:
         """Allow."""
+        return Admission(priority)
 
 
 @dataclass(frozen=True)
@@ -100,6 +115,7 @@ class Accepted:
 
     envelope: Envelope
     args: BaseModel
+    needs_approval: bool = False
 
 
 class Intake:
@@ -116,6 +132,12 @@ class Intake:
         if len(d.body) > self._max_body:
             raise Rejected(ErrorCode.TOO_LARGE, f"body is {len(d.body)} bytes; the limit is {self._max_body}", agent=agent)
         message_id = _message_id(d, agent)
+        if not reply_allowed(agent, d.reply_to):
+            raise Rejected(
+                ErrorCode.INVALID_REQUEST,
+                f"reply_to must be one of your own reply queues ({reply_queue_prefix(agent)}*)",
+                agent=agent,
+            )
         try:
             request = decode_request(d.body)
         except ProtocolError as exc:
@@ -130,18 +152,23 @@ class Intake:
                 ErrorCode.INVALID_ARGS, f"invalid arguments for {request.syscall}: {describe_validation(exc)}",
                 agent=agent, syscall=request.syscall,
             ) from exc
-        self._authorizer.authorize(agent, request, args)
-        priority = min(max(d.priority or 0, 0), MAX_PRIORITY)
+        if (bad := unstorable_key(request.args)) is not None:
+            raise Rejected(
+                ErrorCode.INVALID_ARGS,
+                f"invalid arguments for {request.syscall}: key {bad!r} may not start with '$' or contain '.' or NUL",
+                agent=agent, syscall=request.syscall,
+            )
+        admission = self._authorizer.authorize(agent, request, args, min(max(d.priority or 0, 0), MAX_PRIORITY))
         envelope = Envelope(
             agent=agent,
             message_id=message_id,
             request=request,
-            priority=priority,
+            priority=admission.priority,
             reply_to=d.reply_to or None,
             correlation_id=d.correlation_id or message_id,
             received_at=d.received_at,
         )
-        return Accepted(envelope, args)
+        return Accepted(envelope, args, admission.needs_approval)
 
     def _identity(self, d: Delivery) -> str:
         if d.user_id:
@@ -155,6 +182,18 @@ class Intake:
         )
 
 
+def reply_allowed(agent: str | None, reply_to: str | None) -> bool:
+    """Whether replies may go to ``reply_to``: only the sender's own reply queues.
+
+    Otherwise an agent could make the scheduler write into another agent's
+    queue, which the broker forbids the agent to do itself. Unknown senders
+    (no ``user_id``) and the development-only anonymous agent are not checked.
+    """
+    if not reply_to or agent is None or agent == ANONYMOUS:
+        return True
+    return reply_to.startswith(reply_queue_prefix(agent))
+
+
 def _message_id(d: Delivery, agent: str) -> str:
     if not d.message_id:
         raise Rejected(ErrorCode.INVALID_REQUEST, "message has no message_id property (the idempotency key)", agent=agent)
@@ -165,3 +204,19 @@ def _message_id(d: Delivery, agent: str) -> str:
             agent=agent,
         )
     return d.message_id
+
+
+def unstorable_key(value: Any, path: str = "args") -> str | None:
+    """The path of the first object key MongoDB-compatible servers cannot store, if any."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}"
+            if not isinstance(key, str) or key.startswith("$") or "." in key or "\x00" in key:
+                return where
+            if (bad := unstorable_key(item, where)) is not None:
+                return bad
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if (bad := unstorable_key(item, f"{path}[{index}]")) is not None:
+                return bad
+    return None

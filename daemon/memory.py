@@ -1,6 +1,9 @@
 """Memory service: per-agent notes with add/get/update/delete/search.
 
-Every query is scoped to the calling agent. Effects are idempotent per
+Every query is scoped to the calling agent; another agent's notes can be
+read (get, search with ``owner``) only when its policy shares them, through
+the :class:`MemoryGuard`, which also enforces the memory quota. Updates and
+deletes stay owner-only. Effects are idempotent per
 syscall (a note's id derives from the syscall that created it; a delete
 remembers which syscall deleted it) so re-running a syscall after a crash has
 the effect once.
@@ -12,7 +15,7 @@ import hashlib
 import math
 import re
 from collections import Counter
-from typing import Any
+from typing import Any, Protocol
 
 from pymongo import ReturnDocument
 from pymongo.collection import Collection
@@ -32,7 +35,7 @@ from aiosd.sdk.syscalls import (
 )
 
 from .context import CallContext
-from .errors import NotFound
+from .errors import Denied, NotFound
 from .store import Doc
 
 #: Upper bound on notes ranked per search; the ranking is done in process.
@@ -40,11 +43,25 @@ SEARCH_SCAN_LIMIT = 5000
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
+class MemoryGuard(Protocol):
+    """Sharing and quota decisions the memory service asks for (see :mod:`.limits`)."""
+
+    def can_read(self, reader: str, owner: str) -> bool: ...
+
+    def reserve(self, agent: str, notes: int, nbytes: int) -> None: ...
+
+    def release(self, agent: str, notes: int, nbytes: int) -> None: ...
+
+
 class MemoryService:
     """Serves the ``memory.*`` syscalls."""
 
-    def __init__(self, collection: Collection[Doc]) -> None:
+    def __init__(self, collection: Collection[Doc], guard: MemoryGuard | None = None) -> None:
         self._col = collection
+        self._guard = guard
+
+    def _visible(self, reader: str, owner: str) -> bool:
+        return reader == owner or (self._guard is not None and self._guard.can_read(reader, owner))
 
     def add(self, ctx: CallContext, args: MemoryAddArgs) -> NoteRef:
         """``memory.add``."""
@@ -60,47 +77,69 @@ class MemoryService:
             "updated_at": now,
             "deleted": False,
         }
+        size = _size(args.content)
+        if self._guard is not None:
+            self._guard.reserve(ctx.agent, 1, size)
         try:
             self._col.insert_one(doc)
         except DuplicateKeyError:
-            pass  # the same syscall ran before a crash: its effect already exists
+            # The same syscall ran before a crash: its effect (and its quota share) already exists.
+            self._release(ctx.agent, 1, size)
+        except Exception:
+            self._release(ctx.agent, 1, size)
+            raise
         return NoteRef(id=note_id)
+
+    def _release(self, agent: str, notes: int, nbytes: int) -> None:
+        if self._guard is not None and (notes or nbytes):
+            self._guard.release(agent, notes, nbytes)
 
     def get(self, ctx: CallContext, args: MemoryGetArgs) -> Note:
         """``memory.get``."""
-        doc = self._col.find_one({"_id": args.id, "agent": ctx.agent, "deleted": False})
-        if doc is None:
-            raise NotFound(f"no note {args.id!r} in this agent's memory")
+        doc = self._col.find_one({"_id": args.id, "deleted": False})
+        if doc is None or not self._visible(ctx.agent, doc["agent"]):
+            raise NotFound(f"no note {args.id!r} in this agent's memory (or shared with it)")
         return _note(doc)
 
     def update(self, ctx: CallContext, args: MemoryUpdateArgs) -> Note:
         """``memory.update``."""
         changes: Doc = {k: v for k, v in args.model_dump(exclude={"id"}).items() if v is not None}
         changes["updated_at"] = utcnow()
-        doc = self._col.find_one_and_update(
-            {"_id": args.id, "agent": ctx.agent, "deleted": False},
-            {"$set": changes},
-            return_document=ReturnDocument.AFTER,
-        )
+        query = {"_id": args.id, "agent": ctx.agent, "deleted": False}
+        grow = 0
+        if args.content is not None and self._guard is not None:
+            before = self._col.find_one(query, {"content": 1})
+            if before is None:
+                raise NotFound(f"no note {args.id!r} in this agent's memory")
+            grow = _size(args.content) - _size(before["content"])
+            if grow > 0:
+                self._guard.reserve(ctx.agent, 0, grow)
+        doc = self._col.find_one_and_update(query, {"$set": changes}, return_document=ReturnDocument.AFTER)
         if doc is None:
+            self._release(ctx.agent, 0, max(grow, 0))
             raise NotFound(f"no note {args.id!r} in this agent's memory")
+        if grow < 0:
+            self._release(ctx.agent, 0, -grow)
         return _note(doc)
 
     def delete(self, ctx: CallContext, args: MemoryDeleteArgs) -> NoteRef:
         """``memory.delete`` (soft: the record stays, marked with the deleting syscall)."""
-        result = self._col.update_one(
+        before = self._col.find_one_and_update(
             {"_id": args.id, "agent": ctx.agent, "deleted": False},
             {"$set": {"deleted": True, "deleted_by": ctx.call_id, "updated_at": utcnow()}},
         )
-        if result.matched_count == 0 and not self._col.find_one(
-            {"_id": args.id, "agent": ctx.agent, "deleted_by": ctx.call_id}
-        ):
+        if before is not None:
+            self._release(ctx.agent, 1, _size(before["content"]))
+        elif not self._col.find_one({"_id": args.id, "agent": ctx.agent, "deleted_by": ctx.call_id}):
             raise NotFound(f"no note {args.id!r} in this agent's memory")
         return NoteRef(id=args.id)
 
     def search(self, ctx: CallContext, args: MemorySearchArgs) -> SearchResult:
         """``memory.search``: term-overlap ranking with IDF weights over the agent's notes."""
-        query: Doc = {"agent": ctx.agent, "deleted": False}
+        owner = args.owner or ctx.agent
+        if not self._visible(ctx.agent, owner):
+            raise Denied(f"agent {owner!r} does not share its memory with {ctx.agent!r}")
+        query: Doc = {"agent": owner, "deleted": False}
         if args.tags:
             query["tags"] = {"$all": list(args.tags)}
         docs = list(self._col.find(query).limit(SEARCH_SCAN_LIMIT))
@@ -139,4 +178,9 @@ def _text(doc: Doc) -> str:
 
 def _note(doc: Doc) -> Note:
     fields: dict[str, Any] = {k: doc[k] for k in ("content", "tags", "metadata", "created_at", "updated_at")}
-    return Note(id=doc["_id"], **fields)
+    return Note(id=doc["_id"], owner=doc.get("agent"), **fields)
+
+
+def _size(content: str) -> int:
+    """Bytes a note's content counts against the memory quota."""
+    return len(content.encode("utf-8"))

@@ -4,7 +4,9 @@ admit -> persist (idempotent on message_id) -> audit -> ack -> serve ->
 store the reply -> publish it -> mark it replied. Once the record is written
 MongoDB owns the syscall: a crash anywhere after that is repaired by
 :meth:`Pipeline.recover`, which finishes accepted records and re-sends replies
-that may not have left.
+that may not have left. A call whose policy requires a human approval is
+parked by the :class:`Gate` after the ack instead of served; the approvals
+job runs (or denies) it once decided.
 """
 
 from __future__ import annotations
@@ -15,20 +17,26 @@ from collections.abc import Callable
 from typing import Protocol
 
 from pydantic import BaseModel
-from pymongo.errors import PyMongoError
+from pymongo.errors import ConnectionFailure, PyMongoError
 
 from aiosd.sdk.protocol import ErrorCode, Reply, Status, Timings, utcnow
 from aiosd.sdk.syscalls import CATALOGUE
 
 from .audit import AuditLog, Decision
 from .context import CallContext
-from .errors import SyscallFailed
-from .intake import Delivery, Intake, Rejected
+from .errors import Denied, SyscallFailed
+from .intake import Delivery, Intake, Rejected, reply_allowed
 from .kernel import Kernel
 from .logs import get_logger
+from .policy import resource_of
 from .records import Envelope, Records, elapsed_ms, envelope_from_record
+from .store import Doc
 
 log = get_logger(__name__)
+
+#: Database errors worth retrying: the server is unreachable, timing out or failing
+#: over (ConnectionFailure covers server selection and network timeouts).
+TRANSIENT = (ConnectionFailure,)
 
 #: Pause before handing a delivery back when MongoDB is failing, so a broken
 #: database does not turn into a hot redelivery loop.
@@ -39,6 +47,14 @@ class Outbox(Protocol):
     """What the pipeline asks of the AMQP connection thread (all thread-safe)."""
 
     def reply(self, reply_to: str, correlation_id: str, reply: Reply, on_sent: Callable[[], None]) -> None: ...
+
+
+class Gate(Protocol):
+    """Holds syscalls that need a human approval (see :mod:`.approvals`)."""
+
+    def park(self, env: Envelope) -> None: ...
+
+    def hold(self, doc: Doc) -> bool: ...
 
 
 class Pipeline:
@@ -53,6 +69,7 @@ class Pipeline:
         outbox: Outbox,
         submit: Callable[[Callable[[], None]], None],
         defer: Callable[[Envelope], None],
+        gate: Gate | None = None,
     ) -> None:
         self._intake = intake
         self._records = records
@@ -61,51 +78,78 @@ class Pipeline:
         self._outbox = outbox
         self._submit = submit
         self._defer = defer
+        self._gate = gate
         self._running: set[str] = set()
         self._running_lock = threading.Lock()
 
     # -- deliveries ------------------------------------------------------------
 
     def handle(self, d: Delivery) -> None:
-        """Take one delivery from intake to reply. Never raises."""
+        """Take one delivery from intake to reply. Never raises.
+
+        Before the ack, a failure hands the message back (transient database
+        trouble) or refuses it (anything else: retrying cannot help). After
+        the ack MongoDB owns the syscall, so a failure only leaves the record
+        for the recovery sweep; the message is never settled twice.
+        """
         try:
-            self._handle(d)
-        except PyMongoError as exc:
+            work = self._take(d)
+        except TRANSIENT as exc:
             log.error("store_unavailable", message_id=d.message_id, error=str(exc))
             time.sleep(RETRY_PAUSE)
             d.nack(True)
+            return
+        except Exception as exc:  # a message the store refuses is poison: never retry it
+            log.exception("delivery_refused", message_id=d.message_id)
+            self._refuse(d, f"the request could not be stored: {type(exc).__name__}: {exc}")
+            return
+        if work is None:
+            return
+        try:
+            work()
         except Exception:
-            log.exception("delivery_failed", message_id=d.message_id)
-            d.nack(True)
+            log.exception("syscall_deferred_to_sweep", message_id=d.message_id)
 
-    def _handle(self, d: Delivery) -> None:
+    def _take(self, d: Delivery) -> Callable[[], None] | None:
+        """Admit and persist ``d``, then ack it; return the work left to do after the ack."""
         try:
             accepted = self._intake.admit(d)
         except Rejected as rej:
             self._reject(d, rej)
-            return
+            return None
         env = accepted.envelope
         created, doc = self._records.insert(env)
         if created:
-            self._audit.record(agent=env.agent, syscall=env.request.syscall, message_id=env.message_id, decision=Decision.ACCEPTED)
+            self._record(env, Decision.ACCEPTED)
         d.ack()
+        if created and accepted.needs_approval and self._gate is not None:
+            gate = self._gate
+            return lambda: gate.park(env)
         if created:
-            self.execute(env, accepted.args)
-        elif doc.get("reply"):
+            return lambda: self.execute(env, accepted.args)
+        if doc.get("reply"):
             # A re-published or redelivered duplicate: answer again, never re-run.
             log.info("duplicate_answered", message_id=env.message_id, agent=env.agent)
-            self._send(env, Reply.model_validate(doc["reply"]))
-        else:
-            log.info("duplicate_in_progress", message_id=env.message_id, agent=env.agent)
+            reply = Reply.model_validate(doc["reply"])
+            return lambda: self._send(env, reply)
+        log.info("duplicate_in_progress", message_id=env.message_id, agent=env.agent)
+        return None
+
+    def _refuse(self, d: Delivery, reason: str) -> None:
+        try:
+            self._reject(d, Rejected(ErrorCode.INVALID_ARGS, reason))
+        except Exception:
+            log.exception("refuse_failed", message_id=d.message_id)
+            d.dead_letter(ErrorCode.INVALID_ARGS.value, reason)
 
     def _reject(self, d: Delivery, rej: Rejected) -> None:
         log.warning("rejected", message_id=d.message_id, agent=rej.agent, code=rej.code.value, reason=rej.reason)
         decision = Decision.DENIED if rej.status == Status.DENIED else Decision.REJECTED
         self._audit.record(
             agent=rej.agent, syscall=rej.syscall, message_id=d.message_id,
-            decision=decision, code=rej.code.value, reason=rej.reason,
+            decision=decision, code=rej.code.value, reason=rej.reason, resource=rej.resource,
         )
-        if d.reply_to:
+        if d.reply_to and reply_allowed(rej.agent, d.reply_to):
             reply = Reply.failure(d.message_id or "", rej.syscall, rej.code, rej.reason, status=rej.status)
             self._outbox.reply(d.reply_to, d.correlation_id or d.message_id or "", reply, _noop)
         if rej.dead_letter:
@@ -131,10 +175,16 @@ class Pipeline:
         """Commit ``reply`` as the syscall's result, audit it and send it (first completion wins)."""
         if not self._records.complete(env, reply):
             return
-        decision = Decision.COMPLETED if reply.status == Status.OK else Decision.FAILED
+        decision = {Status.OK: Decision.COMPLETED, Status.DENIED: Decision.DENIED}.get(reply.status, Decision.FAILED)
         code = reply.error.code.value if reply.error else None
-        self._audit.record(agent=env.agent, syscall=env.request.syscall, message_id=env.message_id, decision=decision, code=code)
+        self._record(env, decision, code)
         self._send(env, reply)
+
+    def _record(self, env: Envelope, decision: Decision, code: str | None = None) -> None:
+        self._audit.record(
+            agent=env.agent, syscall=env.request.syscall, message_id=env.message_id, decision=decision,
+            code=code, resource=resource_of(env.agent, env.request),
+        )
 
     def _serve(self, env: Envelope, args: BaseModel) -> Reply:
         req = env.request
@@ -145,7 +195,8 @@ class Pipeline:
         try:
             result = self._kernel.run(ctx, args)
         except SyscallFailed as exc:
-            return Reply.failure(env.message_id, req.syscall, exc.code, exc.message)
+            status = Status.DENIED if isinstance(exc, Denied) else Status.ERROR
+            return Reply.failure(env.message_id, req.syscall, exc.code, exc.message, status=status)
         except PyMongoError:
             raise  # infrastructure, not the caller's fault: leave it accepted for the sweep
         except Exception as exc:
@@ -176,7 +227,9 @@ class Pipeline:
             if done is not None:
                 self._send(env, Reply.model_validate(done["reply"]))
             elif doc["state"] == "accepted":
-                self.execute(env, _args_of(env))
+                # A call that needs approval may have been stored but not parked before a crash.
+                if self._gate is None or not self._gate.hold(doc):
+                    self.execute(env, _args_of(env))
             else:
                 continue  # queued or leased: the dispatcher owns it
             count += 1

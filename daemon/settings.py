@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from aiosd.sdk.protocol import describe_validation
@@ -40,6 +40,22 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(default=30.0, gt=0, description="Seconds to finish in-flight work.")
     connect_timeout: float = Field(default=30.0, gt=0, description="Seconds to wait for services at start.")
     sweep_interval: float = Field(default=15.0, gt=0, description="Seconds between recovery sweeps.")
+    # -- agents, policies, approvals, audit --
+    amqp_admin_url: str = Field(
+        default="http://127.0.0.1:15672", description="RabbitMQ management API, for `aiosd agents` (users, permissions)."
+    )
+    amqp_admin_user: str = Field(default="guest", description="Management API user (tag administrator).")
+    amqp_admin_password: SecretStr = Field(default=SecretStr("guest"), description="Management API password.")
+    trust_scheduler_user: bool = Field(
+        default=True,
+        description="The scheduler's own broker user (already all-powerful on the broker) may make every "
+        "syscall without a policy document; every other agent needs one (deny by default).",
+    )
+    approval_timeout: float = Field(default=3600.0, gt=0, description="Seconds before an undecided approval is denied.")
+    approval_poll: float = Field(default=1.0, gt=0, description="Seconds between checks for approval decisions.")
+    audit_key: SecretStr | None = Field(
+        default=None, description="If set, audit records are chained with HMAC-SHA-256 under this key."
+    )
     # -- LLM scheduling (scheduler) --
     policy: Literal["fifo", "priority", "round_robin"] = Field(
         default="priority", description="Order in which queued LLM calls are leased."

@@ -138,6 +138,8 @@ class AsyncMemory:
         """Delete a note."""
         return await self._client.run(memory_delete(note_id))
 
-    async def search(self, query: str, tags: list[str] | None = None, limit: int = 10) -> SearchResult:
-        """Rank this agent's notes against ``query``, best first."""
-        return await self._client.run(memory_search(query, tags, limit))
+    async def search(
+        self, query: str, tags: list[str] | None = None, limit: int = 10, owner: str | None = None
+    ) -> SearchResult:
+        """Rank this agent's notes (or ``owner``'s, if shared with it) against ``query``, best first."""
+        return await self._client.run(memory_search(query, tags, limit, owner))

@@ -84,9 +84,11 @@ def memory_delete(note_id: str) -> Call[NoteRef]:
     return Call("memory.delete", MemoryDeleteArgs(id=note_id), NoteRef)
 
 
-def memory_search(query: str, tags: list[str] | None = None, limit: int = 10) -> Call[SearchResult]:
-    """Describe ``memory.search``."""
-    return Call("memory.search", MemorySearchArgs(query=query, tags=tags or [], limit=limit), SearchResult)
+def memory_search(
+    query: str, tags: list[str] | None = None, limit: int = 10, owner: str | None = None
+) -> Call[SearchResult]:
+    """Describe ``memory.search`` (of ``owner``'s shared memory, if given)."""
+    return Call("memory.search", MemorySearchArgs(query=query, tags=tags or [], limit=limit, owner=owner), SearchResult)
 
 
 def syscall_result(call_id: str) -> Call[StoredResult]:

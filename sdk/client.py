@@ -149,6 +149,6 @@ class Memory:
         """Delete a note."""
         return self._client.run(memory_delete(note_id))
 
-    def search(self, query: str, tags: list[str] | None = None, limit: int = 10) -> SearchResult:
-        """Rank this agent's notes against ``query``, best first."""
-        return self._client.run(memory_search(query, tags, limit))
+    def search(self, query: str, tags: list[str] | None = None, limit: int = 10, owner: str | None = None) -> SearchResult:
+        """Rank this agent's notes (or ``owner``'s, if shared with it) against ``query``, best first."""
+        return self._client.run(memory_search(query, tags, limit, owner))

@@ -51,7 +51,7 @@ class Status(str, Enum):
     OK = "ok"
     ERROR = "error"
     DENIED = "denied"
-    PENDING = "pending"  # reserved: waiting for a human approval
+    PENDING = "pending"  # interim: the call waits for a human approval; the final reply follows
 
 
 class ErrorCode(str, Enum):
@@ -65,6 +65,10 @@ class ErrorCode(str, Enum):
     TOO_LARGE = "too_large"
     UNAUTHENTICATED = "unauthenticated"  # no broker-proven identity
     DENIED = "denied"
+    QUOTA_EXCEEDED = "quota_exceeded"  # a token, request or storage quota is used up
+    RATE_LIMITED = "rate_limited"  # too many requests in the policy's rate window
+    APPROVAL_PENDING = "approval_pending"  # interim: waiting for a human approval
+    APPROVAL_DENIED = "approval_denied"  # a human denied the call, or nobody decided in time
     NOT_FOUND = "not_found"
     CONFLICT = "conflict"
     DEADLINE_EXCEEDED = "deadline_exceeded"

@@ -28,6 +28,7 @@ from .protocol import (
     VERSION_HEADER,
     Reply,
     Request,
+    Status,
     decode_reply,
     encode,
     reply_queue_prefix,
@@ -177,6 +178,8 @@ class Transport:
             reply = decode_reply(message.body)
         except ProtocolError:
             return  # not ours to handle; nothing waits on a reply we cannot read
+        if reply.status is Status.PENDING:
+            return  # interim (waiting for a human approval): the final reply follows
         key = message.properties.get("correlation_id") or reply.id
         with self._pending_lock:
             fut = self._pending.pop(key, None)

@@ -191,3 +191,48 @@ class WorkerProcess(SchedulerProcess):
         if wait:
             self.wait_for("worker_ready", timeout=60.0)
         return self
+
+
+# -- agents (identities with policies) -------------------------------------------------
+
+MGMT_URL = f"http://{HOST}:{MGMT_PORT}"
+
+
+def aiosd_cli(world: World, *args: str, input: str | None = None, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run an ``aiosd`` CLI command bound to ``world`` (and the management API); never raises on exit codes."""
+    full_env = world.env(AIOSD_AMQP_ADMIN_URL=MGMT_URL, **{f"AIOSD_{k.upper()}": v for k, v in env.items()})
+    return subprocess.run(aiosd_command(*args), env=full_env, input=input, capture_output=True, text=True, timeout=timeout)
+
+
+class AgentRegistry:
+    """Creates agents in a world with ``aiosd agents add`` and deletes their broker users afterwards.
+
+    Broker users are global (not per vhost), so names get a random prefix and
+    :meth:`cleanup` removes every user this registry made.
+    """
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.prefix = f"t{uuid.uuid4().hex[:6]}-"
+        self.names: list[str] = []
+
+    def name(self, short: str) -> str:
+        """The full (unique) agent name for ``short``."""
+        return f"{self.prefix}{short}"
+
+    def add(self, short: str, *flags: str) -> str:
+        """Create agent ``short`` with the given ``aiosd agents add`` flags; return its AMQP URL."""
+        name = self.name(short)
+        done = aiosd_cli(self.world, "agents", "add", name, "--json", *flags)
+        assert done.returncode == 0, f"agents add {name} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+        self.names.append(name)
+        return str(json.loads(done.stdout)["url"])
+
+    def cli(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        """Run an ``aiosd`` command in this world."""
+        return aiosd_cli(self.world, *args, **env)
+
+    def cleanup(self) -> None:
+        with management() as api:
+            for name in self.names:
+                api.delete(f"/users/{quote(name, safe='')}")

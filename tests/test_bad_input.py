@@ -65,6 +65,9 @@ CASES = [
     pytest.param(json.dumps({"syscall": "memory.add", "extra": 1}).encode(), "memory.add", "invalid_request", "extra", id="unknown-field"),
     pytest.param(json.dumps({"v": 2, "syscall": "memory.add"}).encode(), "memory.add", "unsupported_version", "version", id="future-version"),
     pytest.param(b'{"syscall": "memory.add", "args": {"content": "' + b"x" * (ONE_MIB + 10) + b'"}}', "memory.add", "too_large", "limit", id="oversize"),
+    pytest.param(json.dumps({"syscall": "memory.add", "args": {"content": "x", "metadata": {"a.b": 1}}}).encode(), "memory.add", "invalid_args", "a.b", id="dotted-key"),
+    pytest.param(json.dumps({"syscall": "memory.add", "args": {"content": "x", "metadata": {"k": [{"$where": 1}]}}}).encode(), "memory.add", "invalid_args", "$where", id="dollar-key"),
+    pytest.param(json.dumps({"syscall": "memory.add", "args": {"content": "x", "metadata": {"a\u0000b": 1}}}).encode(), "memory.add", "invalid_args", "NUL", id="nul-key"),
 ]
 
 
