@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Any
 
-from aiosd.sdk.cluster import Lease, Snapshot
+from aiosd.sdk.cluster import Lease, Snapshot, kind_of
 from aiosd.sdk.protocol import ErrorCode, utcnow
 
 from .fleet import Member
+from .limits import LlmCaps
 from .leases import LeaseBook
 from .llm import LlmService
 from .logs import get_logger
@@ -38,13 +40,16 @@ PublishLease = Callable[[str, bytes], None]
 class Dispatcher:
     """Runs the leasing loop on its own thread."""
 
-    def __init__(self, llm: LlmService, policy: Policy, settings: Settings, publish: PublishLease) -> None:
+    def __init__(
+        self, llm: LlmService, policy: Policy, settings: Settings, publish: PublishLease, caps: LlmCaps | None = None
+    ) -> None:
         self._llm = llm
         self._book: LeaseBook = llm.book
         self._policy = policy
         self._router = Router(settings.affinity_slack)
         self._settings = settings
         self._publish = publish
+        self._caps = caps
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="aiosd-dispatcher", daemon=True)
@@ -89,18 +94,23 @@ class Dispatcher:
             return
         window = max(free * WINDOW_PER_SLOT, MIN_WINDOW)
         queued = self._policy.order(self._book.queued(window, self._policy.sort))
+        caps = self._caps.begin() if self._caps is not None and queued else None
         for doc in queued:
             if free == 0:
                 break
             if doc.get("deadline") is not None and doc["deadline"] < utcnow():
                 self._llm.fail(doc, None, ErrorCode.DEADLINE_EXCEEDED, "deadline passed while the call was queued")
                 continue
+            if caps is not None and not caps.admits(doc["agent"]):
+                continue  # the agent holds its max_concurrent_llm: its calls wait, others go
             worker = self._router.choose(doc, members)
             if worker is None:
                 self._unservable(doc, members)
                 continue
             if self._grant(doc, worker, members[worker]):
                 free -= 1
+                if caps is not None:
+                    caps.took(doc["agent"])
 
     def _grant(self, doc: Doc, worker: str, member: Member) -> bool:
         leased = self._book.grant(doc["_id"], worker, self._settings.lease_ttl)
@@ -116,7 +126,8 @@ class Dispatcher:
             key=leased["_id"],
             agent=leased["agent"],
             call_id=leased["id"],
-            args=leased.get("args") or {},
+            syscall=leased["syscall"],
+            args=_lease_args(leased),
             resume=Snapshot(**snapshot) if snapshot else None,
             slice_tokens=self._policy.slice_tokens,
             attempt=int(leased.get("attempts") or 1),
@@ -127,10 +138,20 @@ class Dispatcher:
         return True
 
     def _unservable(self, doc: Doc, members: dict[str, Member]) -> None:
+        if kind_of(doc["syscall"]) != "llm":
+            return  # tool calls wait for a tool runner
         model = (doc.get("args") or {}).get("model")
-        served = {m.state.model for m in members.values()}
+        served = {m.state.model for m in members.values() if m.state.kind == "llm"}
         if model and members and model not in served:
             self._llm.fail(
                 doc, None, ErrorCode.INVALID_ARGS,
                 f"no worker serves model {model!r}; served: {', '.join(sorted(served))}",
             )
+
+
+def _lease_args(record: Doc) -> dict[str, Any]:
+    """The arguments a worker gets: a session call's fixed prompt replaces its own messages."""
+    args = dict(record.get("args") or {})
+    if record.get("prompt") is not None:
+        args["messages"] = record["prompt"]
+    return args

@@ -95,6 +95,11 @@ class Fleet:
         with self._lock:
             return {wid: Member(m.state, m.last_seen, set(m.leases)) for wid, m in self._members.items()}
 
+    def context_lengths(self) -> list[int]:
+        """Context lengths reported by live LLM workers."""
+        with self._lock:
+            return [m.state.context_length for m in self._members.values() if m.state.kind == "llm" and m.state.context_length]
+
     def models(self) -> set[str]:
         """Models served by live workers."""
         with self._lock:

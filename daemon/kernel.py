@@ -15,7 +15,8 @@ from aiosd.sdk.syscalls import ResultArgs, StoredResult
 
 from .context import CallContext
 from .errors import NotFound
-from .memory import MemoryService
+from .memory import MemoryGuard, MemoryService
+from .sessions import SessionService
 from .records import Records
 from .store import Store
 
@@ -25,8 +26,8 @@ Handler = Callable[[CallContext, Any], BaseModel]
 class Kernel:
     """Routes a syscall to the service that serves it."""
 
-    def __init__(self, store: Store) -> None:
-        memory = MemoryService(store.memory)
+    def __init__(self, store: Store, sessions: SessionService, memory_guard: MemoryGuard | None = None) -> None:
+        memory = MemoryService(store.memory, memory_guard)
         self._records = Records(store.syscalls, store.results)
         self._table: dict[str, Handler] = {
             "memory.add": memory.add,
@@ -34,6 +35,12 @@ class Kernel:
             "memory.update": memory.update,
             "memory.delete": memory.delete,
             "memory.search": memory.search,
+            "context.create": sessions.create,
+            "context.get": sessions.get,
+            "context.append": sessions.append,
+            "context.fork": sessions.fork,
+            "context.delete": sessions.delete,
+            "context.list": sessions.list_sessions,
             "syscall.result": self.stored_result,
         }
 
@@ -43,8 +50,8 @@ class Kernel:
 
     @staticmethod
     def defers(syscall: str) -> bool:
-        """Whether ``syscall`` is served by a worker (leased) rather than here."""
-        return syscall.startswith("llm.")
+        """Whether ``syscall`` is served by a worker or tool runner (leased) rather than here."""
+        return syscall.startswith(("llm.", "tool."))
 
     def run(self, ctx: CallContext, args: BaseModel) -> BaseModel:
         """Serve one syscall."""

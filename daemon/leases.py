@@ -9,6 +9,7 @@ both win, and a scheduler restart finds every lease where it was.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from datetime import timedelta
 from enum import Enum
@@ -36,14 +37,20 @@ class LeaseBook:
 
     def __init__(self, live: Collection[Doc]) -> None:
         self._live = live
+        self._lock = threading.Lock()
 
-    def enqueue(self, key: str) -> bool:
-        """Queue an accepted syscall for a worker; ``False`` if it was already queued."""
-        doc = self._live.find_one_and_update(
-            {"_id": key, "state": "accepted"},
-            {"$set": {"state": LlmState.QUEUED.value, "queued_at": utcnow(), "attempts": 0, "slices": 0,
-                      "usage": Usage().model_dump(), "run_ms": 0.0}},
-        )
+    def enqueue(self, key: str, prompt: list[dict[str, Any]] | None = None) -> bool:
+        """Queue an accepted syscall for a worker; ``False`` if it was already queued.
+
+        ``prompt`` replaces the call's messages when it is leased (a session's
+        history put in front); it is fixed here so every time slice of the
+        call resumes the very same prompt.
+        """
+        fields: Doc = {"state": LlmState.QUEUED.value, "queued_at": utcnow(), "attempts": 0, "slices": 0,
+                       "usage": Usage().model_dump(), "run_ms": 0.0}
+        if prompt is not None:
+            fields["prompt"] = prompt
+        doc = self._update({"_id": key, "state": "accepted"}, {"$set": fields})
         return doc is not None
 
     def queued(self, limit: int, sort: list[tuple[str, int]]) -> list[Doc]:
@@ -54,20 +61,20 @@ class LeaseBook:
         """Lease a queued syscall to ``worker``; the updated record, or ``None`` if it moved."""
         now = utcnow()
         lease = {"id": uuid.uuid4().hex, "worker": worker, "granted_at": now, "expires_at": now + timedelta(seconds=ttl)}
-        return self._live.find_one_and_update(
+        return self._update(
             {"_id": key, "state": LlmState.QUEUED.value},
             {"$set": {"state": LlmState.LEASED.value, "lease": lease}, "$inc": {"attempts": 1}},
-            return_document=ReturnDocument.AFTER,
         )
 
     def extend(self, worker: str, lease_ids: list[str], ttl: float) -> int:
         """Push back the expiry of the leases ``worker`` says it holds."""
         if not lease_ids:
             return 0
-        result = self._live.update_many(
-            {"state": LlmState.LEASED.value, "lease.worker": worker, "lease.id": {"$in": lease_ids}},
-            {"$set": {"lease.expires_at": utcnow() + timedelta(seconds=ttl)}},
-        )
+        with self._lock:  # see _update: a racing write must not be undone by this one
+            result = self._live.update_many(
+                {"state": LlmState.LEASED.value, "lease.worker": worker, "lease.id": {"$in": lease_ids}},
+                {"$set": {"lease.expires_at": utcnow() + timedelta(seconds=ttl)}},
+            )
         return int(result.modified_count)
 
     def expired(self) -> list[Doc]:
@@ -103,11 +110,7 @@ class LeaseBook:
             update["$inc"]["slices"] = 1
         if refund_attempt:
             update["$inc"]["attempts"] = -1
-        return self._live.find_one_and_update(
-            {"_id": key, "state": LlmState.LEASED.value, "lease.id": lease_id},
-            update,
-            return_document=ReturnDocument.AFTER,
-        )
+        return self._update({"_id": key, "state": LlmState.LEASED.value, "lease.id": lease_id}, update)
 
     def settle(self, key: str, lease_id: str, usage: Usage | None = None, run_ms: float = 0.0) -> Doc | None:
         """Claim the syscall for the outcome of ``lease_id``; ``None`` if that lease is stale.
@@ -116,10 +119,9 @@ class LeaseBook:
         record already settling under the same lease and settles it again,
         without counting its usage twice.
         """
-        doc = self._live.find_one_and_update(
+        doc = self._update(
             {"_id": key, "state": LlmState.LEASED.value, "lease.id": lease_id},
             {"$set": {"state": LlmState.SETTLING.value}, "$inc": {**_usage_inc(usage, run_ms), "slices": 1}},
-            return_document=ReturnDocument.AFTER,
         )
         if doc is not None:
             return doc
@@ -132,9 +134,15 @@ class LeaseBook:
             query["state"] = LlmState.QUEUED.value
         else:
             query.update({"state": LlmState.LEASED.value, "lease.id": lease_id})
-        return self._live.find_one_and_update(
-            query, {"$set": {"state": LlmState.SETTLING.value}}, return_document=ReturnDocument.AFTER
-        )
+        return self._update(query, {"$set": {"state": LlmState.SETTLING.value}})
+
+    def _update(self, query: Doc, update: Doc) -> Doc | None:
+        # FerretDB applies findAndModify as a read and a separate write, so two
+        # racing transitions could both pass the guard there. Serialising them
+        # in-process makes them exact for one scheduler on any server; on
+        # MongoDB the guard alone is exact across schedulers.
+        with self._lock:
+            return self._live.find_one_and_update(query, update, return_document=ReturnDocument.AFTER)
 
 
 def _usage_inc(usage: Usage | None, run_ms: float) -> dict[str, Any]:

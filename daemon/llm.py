@@ -1,6 +1,7 @@
-"""The LLM service: queue LLM syscalls, lease them to workers, settle their outcomes.
+"""The leased-work service: queue syscalls served by workers, lease them, settle outcomes.
 
-Accepted ``llm.*`` syscalls are queued in MongoDB (their live records), not
+Accepted ``llm.*`` syscalls (and ``tool.*`` ones, leased to tool runners the
+same way) are queued in MongoDB (their live records), not
 in memory and not in worker queues: the :class:`~.dispatcher.Dispatcher`
 leases them to workers with room, in the policy's order. Worker events arrive
 here: heartbeats extend leases, outcomes settle, re-queue (time slice over) or
@@ -10,9 +11,9 @@ fail a call, goodbyes hand everything back.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
-from aiosd.sdk.cluster import Goodbye, Heartbeat, Outcome
+from aiosd.sdk.cluster import Goodbye, Heartbeat, Outcome, kind_of
 from aiosd.sdk.llm import LlmChatResult
 from aiosd.sdk.protocol import ErrorCode, Reply, Timings, Usage, utcnow
 
@@ -20,6 +21,7 @@ from .fleet import Fleet
 from .leases import LeaseBook
 from .logs import get_logger
 from .records import Envelope, elapsed_ms, envelope_from_record
+from .sessions import SessionService, fit
 from .settings import Settings
 from .store import Doc, Store
 
@@ -31,19 +33,33 @@ Finish = Callable[[Envelope, Reply], None]
 class LlmService:
     """Scheduler side of LLM syscalls."""
 
-    def __init__(self, store: Store, settings: Settings, finish: Finish, wake: Callable[[], None]) -> None:
+    def __init__(
+        self, store: Store, settings: Settings, finish: Finish, wake: Callable[[], None],
+        sessions: SessionService, on_usage: Callable[[str, Usage], None] | None = None,
+    ) -> None:
+        self._sessions = sessions
         self.book = LeaseBook(store.syscalls)
         self.fleet = Fleet(store.workers, settings.worker_timeout)
         self._usage = store.usage
         self._settings = settings
         self._finish = finish
         self._wake = wake
+        self._on_usage = on_usage
 
     def submit(self, env: Envelope) -> None:
-        """Queue an accepted LLM syscall."""
-        if self.book.enqueue(env.key):
+        """Queue an accepted syscall for a worker (with its session's history, if any)."""
+        if self.book.enqueue(env.key, self._prompt(env)):
             log.debug("llm_queued", message_id=env.message_id, agent=env.agent)
             self._wake()
+
+    def _prompt(self, env: Envelope) -> list[dict[str, Any]] | None:
+        req = env.request
+        if req.session is None or req.syscall != "llm.chat":
+            return None
+        own = list(req.args.get("messages") or [])
+        history = self._sessions.history(env.agent, req.session)
+        context = min(self.fleet.context_lengths(), default=0)
+        return fit(history, own, context, int(req.args.get("max_tokens") or 256))
 
     # -- worker events -----------------------------------------------------------
 
@@ -83,20 +99,27 @@ class LlmService:
         if doc is None:
             self._log_stale(out, None)
             return
-        result = LlmChatResult(
-            text=out.text,
-            finish_reason=_finish_reason(out.finish_reason),
-            tool_calls=out.tool_calls,
-            model=out.model,
-            worker=out.worker_id,
-            slices=int(doc.get("slices") or 1),
-        )
         env = envelope_from_record(doc)
         usage = Usage(**doc.get("usage") or {})
-        self._account(env.agent, usage)
+        if kind_of(env.request.syscall) == "tools":
+            result: dict[str, Any] = out.result or {}
+        else:
+            result = _chat_result(out, doc)
+            self._account(env.agent, usage)
+            self._remember(env, out)
         run_ms = float(doc.get("run_ms") or 0.0)
         timings = Timings(queue_ms=round(max(elapsed_ms(env.received_at) - run_ms, 0.0), 3), run_ms=round(run_ms, 3))
-        self._finish(env, Reply.ok(env.message_id, env.request.syscall, result.model_dump(mode="json"), usage=usage, timings=timings))
+        self._finish(env, Reply.ok(env.message_id, env.request.syscall, result, usage=usage, timings=timings))
+
+    def _remember(self, env: Envelope, out: Outcome) -> None:
+        """Extend the call's session with its messages and the answer."""
+        if env.request.session is None:
+            return
+        answer: dict[str, Any] = {"role": "assistant", "content": out.text}
+        if out.tool_calls:
+            answer["tool_calls"] = out.tool_calls
+        own = list(env.request.args.get("messages") or [])
+        self._sessions.extend(env.agent, env.request.session, [*own, answer])
 
     def _error(self, out: Outcome) -> None:
         code = out.error_code or ErrorCode.INTERNAL
@@ -149,6 +172,20 @@ class LlmService:
     def _account(self, agent: str, usage: Usage) -> None:
         inc = {**usage.model_dump(), "llm_calls": 1}
         self._usage.update_one({"_id": agent}, {"$inc": inc, "$set": {"updated_at": utcnow()}}, upsert=True)
+        if self._on_usage is not None:
+            self._on_usage(agent, usage)  # per-period accounting for token quotas
+
+
+def _chat_result(out: Outcome, doc: Doc) -> dict[str, Any]:
+    result = LlmChatResult(
+        text=out.text,
+        finish_reason=_finish_reason(out.finish_reason),
+        tool_calls=out.tool_calls,
+        model=out.model,
+        worker=out.worker_id,
+        slices=int(doc.get("slices") or 1),
+    )
+    return result.model_dump(mode="json")
 
 
 def _finish_reason(reason: str | None) -> Literal["stop", "length", "tool_calls"]:

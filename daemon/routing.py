@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 
+from aiosd.sdk.cluster import kind_of
+
 from .fleet import Member
 from .store import Doc
 
@@ -26,8 +28,12 @@ class Router:
 
     def choose(self, record: Doc, members: dict[str, Member]) -> str | None:
         """The worker to lease ``record`` to, or ``None`` if none can take it."""
-        model = (record.get("args") or {}).get("model")
-        able = {wid: m for wid, m in members.items() if m.free > 0 and (not model or m.state.model == model)}
+        kind = kind_of(record["syscall"])
+        model = (record.get("args") or {}).get("model") if kind == "llm" else None
+        able = {
+            wid: m for wid, m in members.items()
+            if m.free > 0 and m.state.kind == kind and (not model or m.state.model == model)
+        }
         if not able:
             return None
         least = min(able, key=lambda wid: (able[wid].load, -able[wid].free, wid))

@@ -21,17 +21,19 @@ from aiosd.sdk.errors import ProtocolError
 from aiosd.sdk.protocol import INGRESS_QUEUE, Reply
 
 from .amqp import AMQP_ERRORS, Broker
-from .audit import AuditLog
+from .accesscontrol import AccessControl
 from .errors import ServiceUnavailable
-from .intake import Authorizer, Delivery, Intake, OwnDataAuthorizer
+from .intake import Authorizer, Delivery, Intake
 from .dispatcher import Dispatcher
 from .kernel import Kernel
 from .lifecycle import Lifecycle
 from .llm import LlmService
 from .logs import get_logger
+from .periodic import Periodic
 from .pipeline import RETRY_PAUSE, Pipeline
 from .policies import make_policy
 from .records import Records
+from .sessions import SessionService
 from .settings import Settings
 from .store import Store
 
@@ -50,19 +52,29 @@ class Scheduler:
         self._inflight: set[Future[None]] = set()
         self._inflight_lock = threading.Lock()
         self._broker: Broker | None = None
+        self.access = access = AccessControl(self.store, settings)
+        access.approvals.outbox = self
         intake = Intake(
             max_body_bytes=settings.max_body_bytes,
             allow_anonymous=settings.dev_allow_anonymous,
-            authorizer=authorizer or OwnDataAuthorizer(),
+            authorizer=authorizer or access.authorizer,
         )
+        sessions = SessionService(self.store.sessions)
         self.pipeline = Pipeline(
-            intake, Records(self.store.syscalls, self.store.results), AuditLog(self.store.audit),
-            Kernel(self.store), self, self.submit, defer=lambda env: self.llm.submit(env),
+            intake, Records(self.store.syscalls, self.store.results), access.audit,
+            Kernel(self.store, sessions, access.memory_guard), self, self.submit, defer=lambda env: self.llm.submit(env),
+            gate=access.approvals,
         )
-        self.llm = LlmService(self.store, settings, self.pipeline.finish, wake=lambda: self.dispatcher.wake())
+        self.llm = LlmService(
+            self.store, settings, self.pipeline.finish, wake=lambda: self.dispatcher.wake(), sessions=sessions,
+            on_usage=access.charge,
+        )
         self.dispatcher = Dispatcher(
-            self.llm, make_policy(settings.policy, settings.slice_tokens), settings, self._publish_lease
+            self.llm, make_policy(settings.policy, settings.slice_tokens), settings, self._publish_lease,
+            caps=access.llm_caps,
         )
+        self.housekeeping = Periodic(self.submit)
+        access.housekeeping(self.housekeeping, self.pipeline.execute, self.pipeline.finish)
 
     # -- Outbox: replies always go out on the current connection ---------------
 
@@ -101,6 +113,7 @@ class Scheduler:
         try:
             self._wait_for_store()
             self.store.ensure_indexes()
+            self.access.ensure_indexes()
             self._broker = self._connect(self.settings.connect_timeout)
         except ServiceUnavailable:
             if self.lifecycle.stop_requested.is_set():
@@ -129,6 +142,7 @@ class Scheduler:
                 log.error("broker_connection_lost", error=repr(exc))
                 self._reconnect()
             self.lifecycle.tick()
+            self.housekeeping.tick()
             if time.monotonic() >= next_sweep:
                 self.submit(self._sweep)
                 next_sweep = time.monotonic() + self.settings.sweep_interval

@@ -35,6 +35,7 @@ class Store:
         self.audit: Collection[Doc] = self.db["audit"]
         self.memory: Collection[Doc] = self.db["memory"]
         self.workers: Collection[Doc] = self.db["workers"]
+        self.sessions: Collection[Doc] = self.db["sessions"]
         self.usage: Collection[Doc] = self.db["usage"]
 
     def ping(self) -> None:

@@ -1,4 +1,4 @@
-"""Messages between the scheduler and its LLM workers.
+"""Messages between the scheduler and its workers (LLM workers and tool runners).
 
 The scheduler publishes a :class:`Lease` to exchange :data:`WORKER_EXCHANGE`
 with the worker's id as routing key; the worker consumes it from its own queue
@@ -39,14 +39,23 @@ class Snapshot(_Frozen):
     text: str = ""
 
 
+WorkerKind = Literal["llm", "tools"]
+
+
+def kind_of(syscall: str) -> WorkerKind:
+    """Which kind of worker serves ``syscall``."""
+    return "tools" if syscall.startswith("tool.") else "llm"
+
+
 class Lease(_Frozen):
-    """One LLM call leased to a worker until ``expires_at`` (extended by heartbeats)."""
+    """One syscall leased to a worker until ``expires_at`` (extended by heartbeats)."""
 
     lease_id: str
     key: str = Field(description="The syscall record's key (<agent>/<message_id>).")
     agent: str
     call_id: str
-    args: dict[str, Any] = Field(description="The llm.chat arguments.")
+    syscall: str = "llm.chat"
+    args: dict[str, Any] = Field(description="The syscall's arguments.")
     resume: Snapshot | None = None
     slice_tokens: int | None = Field(default=None, description="Generate at most this many tokens, then yield.")
     attempt: int = 1
@@ -57,6 +66,7 @@ class WorkerState(_Frozen):
     """What a worker reports about itself in every heartbeat."""
 
     worker_id: str
+    kind: WorkerKind = "llm"
     host: str
     backend: str
     model: str
@@ -96,6 +106,7 @@ class Outcome(_Frozen):
     lease_id: str
     key: str
     status: Literal["done", "slice", "error", "released"]
+    result: dict[str, Any] | None = Field(default=None, description="Result of a non-LLM syscall (tools).")
     text: str = ""
     snapshot: Snapshot | None = None
     finish_reason: str | None = None

@@ -13,6 +13,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .context import (
+    ContextAppendArgs,
+    ContextCreateArgs,
+    ContextForkArgs,
+    ContextListArgs,
+    ContextRef,
+    Session,
+    SessionInfo,
+    SessionList,
+)
 from .llm import LlmChatArgs, LlmChatResult
 
 MAX_NOTE_CHARS = 65_536
@@ -68,12 +78,16 @@ class MemorySearchArgs(_Args):
         default_factory=list, max_length=MAX_TAGS, description="Only notes with all these tags."
     )
     limit: int = Field(default=10, ge=1, le=100)
+    owner: str | None = Field(
+        default=None, max_length=64, description="Search this agent's memory instead (it must be shared with the caller)."
+    )
 
 
 class Note(_Result):
     """One memory note."""
 
     id: str
+    owner: str | None = Field(default=None, description="The agent whose memory holds the note.")
     content: str
     tags: list[Tag]
     metadata: dict[str, Any]
@@ -135,6 +149,12 @@ CATALOGUE: dict[str, Syscall] = {
         Syscall("memory.delete", MemoryDeleteArgs, NoteRef, "Delete a note."),
         Syscall("memory.search", MemorySearchArgs, SearchResult, "Rank notes against a query."),
         Syscall("llm.chat", LlmChatArgs, LlmChatResult, "Generate the next assistant message (served by a worker)."),
+        Syscall("context.create", ContextCreateArgs, SessionInfo, "Start a conversation session."),
+        Syscall("context.get", ContextRef, Session, "Fetch a session with its messages."),
+        Syscall("context.append", ContextAppendArgs, SessionInfo, "Add messages to a session."),
+        Syscall("context.fork", ContextForkArgs, SessionInfo, "Copy a session into an independent one."),
+        Syscall("context.delete", ContextRef, SessionInfo, "Delete a session."),
+        Syscall("context.list", ContextListArgs, SessionList, "List the caller's sessions."),
         Syscall("syscall.result", ResultArgs, StoredResult, "Fetch a syscall's stored reply by id."),
     )
 }
