@@ -70,7 +70,7 @@ def _through_kernel(calls: int, max_tokens: int) -> list[float]:
     mgmt.put(f"/permissions/{vhost}/guest", json={"configure": ".*", "write": ".*", "read": ".*"}).raise_for_status()
     url = f"amqp://guest:guest@{HOST}:{os.environ.get('AIOSD_AMQP_PORT', '5672')}/{quote(vhost, safe='')}"
     env = {**os.environ, "AIOSD_AMQP_URL": url, "AIOSD_MONGO_URL": mongo_url, "AIOSD_MONGO_DB": db,
-           "AIOSD_LOG_FORMAT": "json", "AIOSD_DEFAULT_POLICY": "allow"}
+           "AIOSD_LOG_FORMAT": "json"}
     procs = [_start("scheduler", env, "scheduler_ready"), _start("worker", {**env, "AIOSD_WORKER_ID": "bench"}, "worker_ready")]
     try:
         with Client(url, timeout=300) as client:

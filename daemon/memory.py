@@ -12,9 +12,6 @@ the effect once.
 from __future__ import annotations
 
 import hashlib
-import math
-import re
-from collections import Counter
 from typing import Any, Protocol
 
 from pymongo import ReturnDocument
@@ -35,12 +32,12 @@ from aiosd.sdk.syscalls import (
 )
 
 from .context import CallContext
+from .ranking import rank
 from .errors import Denied, NotFound
 from .store import Doc
 
 #: Upper bound on notes ranked per search; the ranking is done in process.
 SEARCH_SCAN_LIMIT = 5000
-_WORD = re.compile(r"\w+", re.UNICODE)
 
 
 class MemoryGuard(Protocol):
@@ -135,45 +132,24 @@ class MemoryService:
         return NoteRef(id=args.id)
 
     def search(self, ctx: CallContext, args: MemorySearchArgs) -> SearchResult:
-        """``memory.search``: term-overlap ranking with IDF weights over the agent's notes."""
+        """``memory.search``: BM25 ranking over the notes (see :mod:`.ranking`), with filters."""
         owner = args.owner or ctx.agent
         if not self._visible(ctx.agent, owner):
             raise Denied(f"agent {owner!r} does not share its memory with {ctx.agent!r}")
         query: Doc = {"agent": owner, "deleted": False}
         if args.tags:
             query["tags"] = {"$all": list(args.tags)}
+        created: Doc = {}
+        if args.created_after is not None:
+            created["$gte"] = args.created_after
+        if args.created_before is not None:
+            created["$lt"] = args.created_before
+        if created:
+            query["created_at"] = created
         docs = list(self._col.find(query).limit(SEARCH_SCAN_LIMIT))
         scored = rank(args.query, docs)
         hits = [ScoredNote(**_note(d).model_dump(), score=round(s, 6)) for s, d in scored[: args.limit]]
         return SearchResult(results=hits)
-
-
-def rank(query: str, docs: list[Doc]) -> list[tuple[float, Doc]]:
-    """Score ``docs`` against ``query``; only docs sharing a term are returned, best first."""
-    terms = set(_tokens(query))
-    if not terms or not docs:
-        return []
-    bags = [Counter(_tokens(_text(d))) for d in docs]
-    df = Counter(t for bag in bags for t in terms if t in bag)
-    n = len(docs)
-    out = []
-    for doc, bag in zip(docs, bags):
-        length = sum(bag.values()) or 1
-        score = sum(
-            (bag[t] / math.sqrt(length)) * math.log(1 + n / df[t]) for t in terms if bag[t]
-        )
-        if score > 0:
-            out.append((score, doc))
-    out.sort(key=lambda pair: (-pair[0], pair[1]["created_at"]))
-    return out
-
-
-def _tokens(text: str) -> list[str]:
-    return [w.lower() for w in _WORD.findall(text)]
-
-
-def _text(doc: Doc) -> str:
-    return " ".join([doc.get("content", ""), *doc.get("tags", [])])
 
 
 def _note(doc: Doc) -> Note:

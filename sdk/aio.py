@@ -6,6 +6,7 @@ futures bridged into the running loop, so the event loop never blocks.
 
 from __future__ import annotations
 
+from datetime import datetime
 import asyncio
 from types import TracebackType
 from typing import Any
@@ -139,7 +140,8 @@ class AsyncMemory:
         return await self._client.run(memory_delete(note_id))
 
     async def search(
-        self, query: str, tags: list[str] | None = None, limit: int = 10, owner: str | None = None
+        self, query: str, tags: list[str] | None = None, limit: int = 10, owner: str | None = None,
+        created_after: datetime | None = None, created_before: datetime | None = None,
     ) -> SearchResult:
         """Rank this agent's notes (or ``owner``'s, if shared with it) against ``query``, best first."""
-        return await self._client.run(memory_search(query, tags, limit, owner))
+        return await self._client.run(memory_search(query, tags, limit, owner, created_after, created_before))

@@ -8,6 +8,7 @@ calls, so both clients share one definition of each helper.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
@@ -85,10 +86,19 @@ def memory_delete(note_id: str) -> Call[NoteRef]:
 
 
 def memory_search(
-    query: str, tags: list[str] | None = None, limit: int = 10, owner: str | None = None
+    query: str,
+    tags: list[str] | None = None,
+    limit: int = 10,
+    owner: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
 ) -> Call[SearchResult]:
-    """Describe ``memory.search`` (of ``owner``'s shared memory, if given)."""
-    return Call("memory.search", MemorySearchArgs(query=query, tags=tags or [], limit=limit, owner=owner), SearchResult)
+    """Describe ``memory.search`` (of ``owner``'s shared memory, if given; optionally within a time range)."""
+    args = MemorySearchArgs(
+        query=query, tags=tags or [], limit=limit, owner=owner,
+        created_after=created_after, created_before=created_before,
+    )
+    return Call("memory.search", args, SearchResult)
 
 
 def syscall_result(call_id: str) -> Call[StoredResult]:

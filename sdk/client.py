@@ -10,6 +10,7 @@ in flight at once and each waits for its own reply.
 
 from __future__ import annotations
 
+from datetime import datetime
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
 from types import TracebackType
@@ -149,6 +150,9 @@ class Memory:
         """Delete a note."""
         return self._client.run(memory_delete(note_id))
 
-    def search(self, query: str, tags: list[str] | None = None, limit: int = 10, owner: str | None = None) -> SearchResult:
+    def search(
+        self, query: str, tags: list[str] | None = None, limit: int = 10, owner: str | None = None,
+        created_after: datetime | None = None, created_before: datetime | None = None,
+    ) -> SearchResult:
         """Rank this agent's notes (or ``owner``'s, if shared with it) against ``query``, best first."""
-        return self._client.run(memory_search(query, tags, limit, owner))
+        return self._client.run(memory_search(query, tags, limit, owner, created_after, created_before))

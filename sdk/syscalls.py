@@ -71,13 +71,15 @@ class MemoryDeleteArgs(_Args):
 
 
 class MemorySearchArgs(_Args):
-    """``memory.search``: rank the caller's notes against a query."""
+    """``memory.search``: rank the caller's notes against a query (BM25), with filters."""
 
     query: str = Field(min_length=1, max_length=4096)
     tags: list[Tag] = Field(
         default_factory=list, max_length=MAX_TAGS, description="Only notes with all these tags."
     )
     limit: int = Field(default=10, ge=1, le=100)
+    created_after: datetime | None = Field(default=None, description="Only notes created at or after this time.")
+    created_before: datetime | None = Field(default=None, description="Only notes created before this time.")
     owner: str | None = Field(
         default=None, max_length=64, description="Search this agent's memory instead (it must be shared with the caller)."
     )

@@ -76,3 +76,20 @@ def test_result_fetchable_after_disconnect(shared_world: World, scheduler: Sched
         with pytest.raises(CallError) as err:
             later.result("never-sent")
         assert err.value.code == "not_found"
+
+
+def test_search_filters_by_tags_and_time(shared_world: World, scheduler: SchedulerProcess) -> None:
+    import time
+
+    with Client(shared_world.amqp_url(), timeout=20) as client:
+        old = client.memory.add("deploy checklist for the api service", tags=["ops"])
+        cut = client.memory.get(old.id).created_at
+        time.sleep(0.05)
+        new = client.memory.add("deploy notes for the web service", tags=["ops", "web"])
+        client.memory.add("deploy the garden furniture", tags=["home"])
+        ops = client.memory.search("deploy service", tags=["ops"]).results
+        assert {h.id for h in ops} == {old.id, new.id} and all(h.score > 0 for h in ops)
+        recent = client.memory.search("deploy", tags=["ops"], created_after=cut + (client.memory.get(new.id).created_at - cut) / 2).results
+        assert [h.id for h in recent] == [new.id]
+        earlier = client.memory.search("deploy", tags=["ops"], created_before=client.memory.get(new.id).created_at).results
+        assert [h.id for h in earlier] == [old.id]
