@@ -7,6 +7,7 @@ whatever it started at the end.
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
@@ -26,7 +27,11 @@ from rich.table import Table
 from aiosd.sdk import CallError, Client
 from aiosd.sdk.protocol import INGRESS_QUEUE, utcnow
 
+from .accesscontrol import audit_key, open_admin
+from .agents import AGENTS, Directory
+from .auditlog import verify
 from .errors import EXIT_FAILURE, EXIT_OK, ServiceUnavailable
+from .policy import Policy
 from .settings import Settings
 from .store import Store
 
@@ -49,6 +54,7 @@ class AgentRun:
     errors: list[str] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
     answer: str = ""
+    note_id: str = ""
 
 
 def run_demo(settings: Settings, agents: int) -> int:
@@ -56,24 +62,54 @@ def run_demo(settings: Settings, agents: int) -> int:
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
     try:
         if not _scheduler_is_serving(settings):
-            children.append(("scheduler", _start("scheduler", "scheduler_ready")))
+            children.append(("scheduler", _start("scheduler", "scheduler_ready", settings)))
         if not _worker_is_serving(settings):
-            children.append(("worker", _start("worker", "worker_ready")))
-        names = [list(TOPICS)[i % len(TOPICS)] for i in range(agents)]
-        console.print(f"[bold]aiosd demo[/]: {agents} sample agents -> {settings.amqp_url.split('@')[-1]}")
-        with Client(settings.amqp_url, timeout=30) as client, ThreadPoolExecutor(agents) as pool:
-            runs = list(pool.map(lambda pair: _agent(client, *pair), enumerate(names)))
+            children.append(("worker", _start("worker", "worker_ready", settings)))
+        kinds = [list(TOPICS)[i % len(TOPICS)] for i in range(agents)]
+        urls = _identities(settings, [f"demo-{kind}-{i}" for i, kind in enumerate(kinds)])
+        console.print(f"[bold]aiosd demo[/]: {agents} sample agents, each its own broker user -> {settings.amqp_url.split('@')[-1]}")
+        with ThreadPoolExecutor(agents) as pool:
+            runs = list(pool.map(lambda args: _agent(*args), zip(urls.items(), kinds)))
+        _isolation(runs, urls)
         _report(runs)
+        _audit(settings)
         return EXIT_OK if all(not r.errors for r in runs) else EXIT_FAILURE
     finally:
         for name, proc in reversed(children):
             _stop(name, proc)
 
 
-def _agent(client: Client, index: int, kind: str) -> AgentRun:
-    run = AgentRun(name=f"{kind}-{index}")
+def _identities(settings: Settings, names: list[str]) -> dict[str, str]:
+    """An AMQP URL per agent: created with the default policy, or given a fresh password if it exists."""
+    store = Store(settings.mongo_url, settings.mongo_db)
+    admin, broker = open_admin(store, settings)
+    try:
+        urls = {}
+        for name in names:
+            known = Directory(store.db[AGENTS]).standing(name) is not None
+            if not known and broker.user_exists(name):
+                broker.delete_user(name)  # a demo user left from a run against another database
+            creds = admin.rotate(name) if known else admin.add(name, Policy())
+            assert creds is not None
+            urls[name] = creds.url
+        return urls
+    finally:
+        broker.close()
+        store.close()
+
+
+def _agent(identity: tuple[str, str], kind: str) -> AgentRun:
+    name, url = identity
+    run = AgentRun(name=name)
+    with Client(url, timeout=60) as client:
+        _script(run, client, kind)
+    return run
+
+
+def _script(run: AgentRun, client: Client, kind: str) -> None:
     try:
         ids = [_timed(run, client, "memory.add", {"content": t, "tags": [kind]})["id"] for t in TOPICS[kind]]
+        run.note_id = ids[1]
         hits = _timed(run, client, "memory.search", {"query": QUERIES[kind], "tags": [kind], "limit": 1})
         found = hits["results"][0]["content"] if hits["results"] else "(nothing found)"
         chat = _timed(run, client, "llm.chat", {"messages": [
@@ -91,7 +127,28 @@ def _agent(client: Client, index: int, kind: str) -> AgentRun:
                 run.errors.append(f"bad call answered with {exc.code}")
     except CallError as exc:
         run.errors.append(f"{exc.code}: {exc.message}")
-    return run
+
+
+def _isolation(runs: list[AgentRun], urls: dict[str, str]) -> None:
+    """Each agent tries to read the next one's note: policies keep memory private."""
+    if len(runs) < 2:
+        return
+    for run, other in zip(runs, runs[1:] + runs[:1]):
+        with Client(urls[run.name], timeout=30) as client:
+            reply = client.request("memory.get", {"id": other.note_id})
+        if reply.error is None or reply.error.code.value != "not_found":
+            run.errors.append(f"read {other.name}'s note: {reply.status.value}")
+    console.print("each agent tried to read another agent's note and got [bold]not_found[/]: memory is private")
+
+
+def _audit(settings: Settings) -> None:
+    store = Store(settings.mongo_url, settings.mongo_db)
+    try:
+        verdict = verify(store.audit, audit_key(settings))
+    finally:
+        store.close()
+    state = "[green]intact[/]" if verdict.ok else f"[red]BROKEN[/]: {verdict.problem}"
+    console.print(f"audit log: {verdict.records} hash-chained records, {state} (`aiosd audit verify`)")
 
 
 def _timed(run: AgentRun, client: Client, syscall: str, args: dict[str, Any]) -> Any:
@@ -138,12 +195,15 @@ def _worker_is_serving(settings: Settings) -> bool:
         store.close()
 
 
-def _start(command: str, ready_event: str) -> subprocess.Popen[bytes]:
+def _start(command: str, ready_event: str, settings: Settings) -> subprocess.Popen[bytes]:
     log = Path(gettempdir()) / f"aiosd-demo-{command}.log"
     console.print(f"starting a {command} (log: {log})")
     out = log.open("wb")
     argv = [sys.executable, "-m", "aiosd.daemon.cli", command, "--log-format", "json"]
-    proc = subprocess.Popen(argv, stdout=out, stderr=out)
+    # The children must see what the demo sees, flags included.
+    env = {**os.environ, "AIOSD_AMQP_URL": settings.amqp_url, "AIOSD_MONGO_URL": settings.mongo_url,
+           "AIOSD_MONGO_DB": settings.mongo_db}
+    proc = subprocess.Popen(argv, stdout=out, stderr=out, env=env)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if proc.poll() is not None:
