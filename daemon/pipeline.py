@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+import structlog
 from pydantic import BaseModel
 from pymongo.errors import ConnectionFailure, PyMongoError
 
@@ -92,6 +93,10 @@ class Pipeline:
         the ack MongoDB owns the syscall, so a failure only leaves the record
         for the recovery sweep; the message is never settled twice.
         """
+        with structlog.contextvars.bound_contextvars(message_id=d.message_id, agent=d.user_id):
+            self._handle(d)
+
+    def _handle(self, d: Delivery) -> None:
         try:
             work = self._take(d)
         except TRANSIENT as exc:
