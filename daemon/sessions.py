@@ -60,12 +60,7 @@ class SessionService:
     def create(self, ctx: CallContext, args: ContextCreateArgs) -> SessionInfo:
         """``context.create``."""
         sid = args.session or _new_id()
-        doc = _new_doc(ctx.agent, sid, [m.model_dump(exclude_none=True) for m in args.messages], args.metadata)
-        try:
-            self._col.insert_one(doc)
-        except DuplicateKeyError:
-            raise SyscallFailed(f"session {sid!r} already exists", ErrorCode.CONFLICT) from None
-        return _info(doc)
+        return self._insert_new(_new_doc(ctx.agent, sid, [m.model_dump(exclude_none=True) for m in args.messages], args.metadata))
 
     def get(self, ctx: CallContext, args: ContextRef) -> Session:
         """``context.get``."""
@@ -83,11 +78,7 @@ class SessionService:
         sid = args.new_session or _new_id()
         doc = _new_doc(ctx.agent, sid, list(source["messages"]), dict(source.get("metadata") or {}))
         doc["forked_from"] = args.session
-        try:
-            self._col.insert_one(doc)
-        except DuplicateKeyError:
-            raise SyscallFailed(f"session {sid!r} already exists", ErrorCode.CONFLICT) from None
-        return _info(doc)
+        return self._insert_new(doc)
 
     def delete(self, ctx: CallContext, args: ContextRef) -> SessionInfo:
         """``context.delete``."""
@@ -134,6 +125,13 @@ class SessionService:
             if updated is not None:
                 return updated
         raise SyscallFailed(f"session {session!r} is changing too fast to append to", ErrorCode.CONFLICT)
+
+    def _insert_new(self, doc: Doc) -> SessionInfo:
+        try:
+            self._col.insert_one(doc)
+        except DuplicateKeyError:
+            raise SyscallFailed(f"session {doc['session']!r} already exists", ErrorCode.CONFLICT) from None
+        return _info(doc)
 
     def _load(self, agent: str, session: str) -> Doc:
         doc = self._col.find_one({"_id": _key(agent, session)})

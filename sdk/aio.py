@@ -9,9 +9,9 @@ from __future__ import annotations
 from datetime import datetime
 import asyncio
 from types import TracebackType
-from typing import Any
+from typing import Any, Unpack
 
-from .calls import R, Call, memory_add, memory_delete, memory_get, memory_search, memory_update, syscall_result, unwrap
+from .calls import R, Call, CallOptions, memory_add, memory_delete, memory_get, memory_search, memory_update, syscall_result, unwrap
 from .client import DEFAULT_TIMEOUT
 from .errors import CallTimeout
 from .protocol import Reply, Request
@@ -54,37 +54,15 @@ class AsyncClient:
         await self.close()
 
     async def request(
-        self,
-        syscall: str,
-        args: dict[str, Any] | None = None,
-        *,
-        priority: int = 0,
-        timeout: float | None = None,
-        session: str | None = None,
-        program: str | None = None,
-        message_id: str | None = None,
+        self, syscall: str, args: dict[str, Any] | None = None, **options: Unpack[CallOptions]
     ) -> Reply:
         """Send a syscall and return its full :class:`Reply`, whatever the status."""
-        req = Request(syscall=syscall, args=args or {}, session=session, program=program)
-        return await self._send(req, priority, timeout, message_id)
+        req = Request(syscall=syscall, args=args or {}, session=options.get("session"), program=options.get("program"))
+        return await self._send(req, options.get("priority", 0), options.get("timeout"), options.get("message_id"))
 
-    async def call(
-        self,
-        syscall: str,
-        args: dict[str, Any] | None = None,
-        *,
-        priority: int = 0,
-        timeout: float | None = None,
-        session: str | None = None,
-        program: str | None = None,
-        message_id: str | None = None,
-    ) -> Any:
+    async def call(self, syscall: str, args: dict[str, Any] | None = None, **options: Unpack[CallOptions]) -> Any:
         """Send a syscall and return its result; raise :class:`CallError` unless ok."""
-        reply = await self.request(
-            syscall, args, priority=priority, timeout=timeout,
-            session=session, program=program, message_id=message_id,
-        )
-        return unwrap(reply)
+        return unwrap(await self.request(syscall, args, **options))
 
     async def result(self, call_id: str, *, wait: float = 0.0, poll: float = 0.2) -> Reply | None:
         """Fetch the stored reply of one of this agent's syscalls; ``None`` if unfinished."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypedDict, TypeVar
 
 from pydantic import BaseModel
 
@@ -29,6 +29,16 @@ from .syscalls import (
 )
 
 R = TypeVar("R", bound=BaseModel)
+
+
+class CallOptions(TypedDict, total=False):
+    """Keyword options of ``request``/``call`` on both clients."""
+
+    priority: int  # 0 (default) to 9
+    timeout: float | None  # seconds to wait for the reply; None: the client's default
+    session: str | None  # conversation session (llm.chat uses and extends it)
+    program: str | None  # groups the calls of one agent run
+    message_id: str | None  # idempotency key; a new UUID by default
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ from datetime import datetime
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
 from types import TracebackType
-from typing import Any
+from typing import Any, Unpack
 
-from .calls import R, Call, memory_add, memory_delete, memory_get, memory_search, memory_update, syscall_result, unwrap
+from .calls import R, Call, CallOptions, memory_add, memory_delete, memory_get, memory_search, memory_update, syscall_result, unwrap
 from .errors import CallTimeout
 from .protocol import Reply, Request
 from .syscalls import Note, NoteRef, SearchResult
@@ -50,37 +50,15 @@ class Client:
         self.close()
 
     def request(
-        self,
-        syscall: str,
-        args: dict[str, Any] | None = None,
-        *,
-        priority: int = 0,
-        timeout: float | None = None,
-        session: str | None = None,
-        program: str | None = None,
-        message_id: str | None = None,
+        self, syscall: str, args: dict[str, Any] | None = None, **options: Unpack[CallOptions]
     ) -> Reply:
         """Send a syscall and return its full :class:`Reply`, whatever the status."""
-        req = Request(syscall=syscall, args=args or {}, session=session, program=program)
-        return self._send(req, priority, timeout, message_id)
+        req = Request(syscall=syscall, args=args or {}, session=options.get("session"), program=options.get("program"))
+        return self._send(req, options.get("priority", 0), options.get("timeout"), options.get("message_id"))
 
-    def call(
-        self,
-        syscall: str,
-        args: dict[str, Any] | None = None,
-        *,
-        priority: int = 0,
-        timeout: float | None = None,
-        session: str | None = None,
-        program: str | None = None,
-        message_id: str | None = None,
-    ) -> Any:
+    def call(self, syscall: str, args: dict[str, Any] | None = None, **options: Unpack[CallOptions]) -> Any:
         """Send a syscall and return its result; raise :class:`CallError` unless ok."""
-        reply = self.request(
-            syscall, args, priority=priority, timeout=timeout,
-            session=session, program=program, message_id=message_id,
-        )
-        return unwrap(reply)
+        return unwrap(self.request(syscall, args, **options))
 
     def submit(
         self,
