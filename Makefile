@@ -33,9 +33,12 @@ services-stop:
 services-status:
 	scripts/services.sh status
 
-# pytest exits 5 when it collected nothing: that is a failure here, not a pass.
+# Tests run in TEST_WORKERS processes (pytest-xdist), a test file per process at a time:
+# every test has its own vhost and database, and most of the time goes to starting
+# real processes. pytest exits 5 when it collected nothing: that is a failure here.
+TEST_WORKERS ?= 2
 test: setup
-	@rc=0; $(BIN)/python -m pytest -p no:cacheprovider $(TESTS) $(PYTEST_ARGS) || rc=$$?; \
+	@rc=0; $(BIN)/python -m pytest -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile $(TESTS) $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
 

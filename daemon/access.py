@@ -10,6 +10,9 @@ audited but not dead-lettered: the message was well-formed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from pydantic import BaseModel
 
 from aiosd.sdk.protocol import ErrorCode, Request, Status, Usage, utcnow
@@ -96,12 +99,21 @@ class Meter:
             self._counters.add(period.key, period_amounts(requests=-1), {})
 
 
+def _reversible(_syscall: str, _args: dict[str, Any]) -> bool:
+    return False
+
+
+#: ``(syscall, args) -> True`` when a call waits for a human whatever the policy says (irreversible tools).
+Irreversible = Callable[[str, dict[str, Any]], bool]
+
+
 class PolicyAuthorizer:
     """The scheduler's :class:`~.intake.Authorizer`: deny by default."""
 
     def __init__(self, policies: Policies, meter: Meter) -> None:
         self._policies = policies
         self._meter = meter
+        self.irreversible: Irreversible = _reversible
 
     def authorize(self, agent: str, request: Request, args: BaseModel, priority: int) -> Admission:
         """Admit the call (with its effective priority) or raise :class:`Rejected`."""
@@ -114,7 +126,8 @@ class PolicyAuthorizer:
             raise Rejected(code, reason, agent=agent, syscall=request.syscall, status=Status.DENIED,
                            dead_letter=False, resource=resource_of(agent, request))
         policy = standing.policy
-        return Admission(min(priority, policy.max_priority), policy.needs_approval(request.syscall))
+        approval = policy.needs_approval(request.syscall) or self.irreversible(request.syscall, request.args)
+        return Admission(min(priority, policy.max_priority), approval)
 
 
 def _check(agent: str, standing: Standing | None, syscall: str, args: BaseModel) -> Refusal | None:
@@ -127,6 +140,9 @@ def _check(agent: str, standing: Standing | None, syscall: str, args: BaseModel)
     if not policy.allows(syscall):
         allowed = ", ".join(policy.syscalls) or "nothing"
         return ErrorCode.DENIED, f"the policy of {agent!r} does not allow {syscall} (allowed: {allowed})"
+    tool = getattr(args, "name", None) if syscall == "tool.call" else None
+    if tool is not None and not policy.allows_tool(tool):
+        return ErrorCode.DENIED, f"the policy of {agent!r} does not allow tool {tool!r}; allowed: {', '.join(policy.tools) or 'none'}"
     model = getattr(args, "model", None)
     if syscall.startswith("llm.") and not policy.allows_model(model):
         which = f"model {model!r}" if model else "an unnamed model (name one in args.model)"

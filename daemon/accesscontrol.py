@@ -23,6 +23,7 @@ from .brokeradmin import BrokerAdmin, vhost_of
 from .counters import Counters
 from .intake import ANONYMOUS
 from .limits import LlmCaps, MemoryGuard
+from .storageguard import PolicyStorageGuard
 from .logs import get_logger
 from .periodic import Periodic
 from .records import Envelope
@@ -66,6 +67,7 @@ class AccessControl:
         self.meter = Meter(self.counters, self.policies)
         self.authorizer = PolicyAuthorizer(self.policies, self.meter)
         self.memory_guard = MemoryGuard(self.policies, self.counters)
+        self.storage_guard = PolicyStorageGuard(self.policies, self.counters)
         self.llm_caps = LlmCaps(self.policies, store.syscalls)
         self.approvals = Approvals(store.syscalls, store.db[APPROVALS], self.audit, self.policies, settings.approval_timeout)
 

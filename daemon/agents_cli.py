@@ -22,13 +22,14 @@ from .store import Doc, Store
 F = TypeVar("F", bound=Callable[..., Any])
 #: Policy flags: option name -> (policy field, kind); kind "limit" takes an integer or "none".
 POLICY_FLAGS: dict[str, tuple[str, str]] = {
-    "allow": ("syscalls", "list"), "model": ("models", "list"), "group": ("groups", "list"),
+    "allow": ("syscalls", "list"), "model": ("models", "list"), "tool": ("tools", "list"), "group": ("groups", "list"),
     "grant": ("grants", "grants"), "approve": ("approval_required", "list"),
     "max_priority": ("max_priority", "int"), "period": ("quota_period", "str"),
     "tokens": ("tokens_per_period", "limit"), "requests": ("requests_per_period", "limit"),
     "rate": ("rate_limit", "rate"), "max_llm": ("max_concurrent_llm", "limit"),
     "memory_notes": ("memory_notes", "limit"), "memory_bytes": ("memory_bytes", "limit"),
-    "storage_bytes": ("storage_bytes", "limit"),
+    "storage_bytes": ("storage_bytes", "limit"), "storage_versions": ("storage_versions", "int"),
+    "storage_file_bytes": ("storage_file_bytes", "limit"),
 }
 
 
@@ -38,6 +39,7 @@ def policy_options(fn: F) -> F:
         click.option("--policy", "policy_file", type=click.Path(dir_okay=False), help="Policy file (YAML or JSON)."),
         click.option("--allow", multiple=True, help="Allowed syscall pattern, e.g. 'memory.*' (repeatable; 'none' for no syscall)."),
         click.option("--model", multiple=True, help="Allowed model pattern (repeatable; '*' for any)."),
+        click.option("--tool", multiple=True, help="Tool name pattern tool.call may run (repeatable; '*' any; 'none')."),
         click.option("--max-priority", type=click.IntRange(0, 9), help="Higher priorities are lowered to this."),
         click.option("--period", type=click.Choice(["hour", "day", "month"]), help="Quota period."),
         click.option("--tokens", help="Tokens per period, or 'none' (unlimited)."),
@@ -46,7 +48,9 @@ def policy_options(fn: F) -> F:
         click.option("--max-llm", help="LLM calls on workers at once, or 'none'."),
         click.option("--memory-notes", help="Live memory notes, or 'none'."),
         click.option("--memory-bytes", help="Bytes of note content, or 'none'."),
-        click.option("--storage-bytes", help="Bytes of stored files, or 'none'."),
+        click.option("--storage-bytes", help="Bytes of every kept version of every file, or 'none'."),
+        click.option("--storage-versions", type=click.IntRange(1, 1000), help="Versions kept per file."),
+        click.option("--storage-file-bytes", help="Largest size of one file version, or 'none'."),
         click.option("--group", multiple=True, help="Group membership (repeatable; 'none' for no group)."),
         click.option("--grant", multiple=True, help="Agent allowed to read this agent's memory (repeatable; 'none')."),
         click.option("--approve", multiple=True, help="Syscall pattern that needs a human approval (repeatable; 'none')."),

@@ -56,6 +56,8 @@ class Approvals:
         self._policies = policies
         self._timeout = timeout
         self.outbox: Outbox | None = None
+        #: Calls that need approval whatever the policy says (set by the scheduler: irreversible tools).
+        self.irreversible: Callable[[str, dict[str, Any]], bool] = lambda _syscall, _args: False
 
     # -- scheduler: the pipeline's gate --------------------------------------------
 
@@ -87,7 +89,10 @@ class Approvals:
             self._live.update_one({"_id": doc["_id"], "state": "accepted"}, {"$set": {"state": PENDING}})
             return True
         standing = self._policies.standing(doc["agent"]) if self._policies else None
-        if standing is None or not standing.policy.needs_approval(doc["syscall"]):
+        needed = standing is not None and (
+            standing.policy.needs_approval(doc["syscall"]) or self.irreversible(doc["syscall"], doc.get("args") or {})
+        )
+        if not needed:
             return False
         self.park(envelope_from_record(doc))
         return True

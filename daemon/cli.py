@@ -103,8 +103,10 @@ def demo(config_file: str | None, agents: int, **overrides: Any) -> None:
 
 def _register_worker() -> None:
     from aiosd.workers.cli import worker
+    from aiosd.workers.tools_cli import tools
 
     main.add_command(worker)
+    main.add_command(tools)
 
 
 _register_worker()

@@ -101,7 +101,8 @@ class Dispatcher:
             if doc.get("deadline") is not None and doc["deadline"] < utcnow():
                 self._llm.fail(doc, None, ErrorCode.DEADLINE_EXCEEDED, "deadline passed while the call was queued")
                 continue
-            if caps is not None and not caps.admits(doc["agent"]):
+            capped = caps if kind_of(doc["syscall"]) == "llm" else None  # tool calls do not count
+            if capped is not None and not capped.admits(doc["agent"]):
                 continue  # the agent holds its max_concurrent_llm: its calls wait, others go
             worker = self._router.choose(doc, members)
             if worker is None:
@@ -109,8 +110,8 @@ class Dispatcher:
                 continue
             if self._grant(doc, worker, members[worker]):
                 free -= 1
-                if caps is not None:
-                    caps.took(doc["agent"])
+                if capped is not None:
+                    capped.took(doc["agent"])
 
     def _grant(self, doc: Doc, worker: str, member: Member) -> bool:
         leased = self._book.grant(doc["_id"], worker, self._settings.lease_ttl)

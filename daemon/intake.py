@@ -118,13 +118,23 @@ class Accepted:
     needs_approval: bool = False
 
 
-class Intake:
-    """Validates deliveries against the protocol, the catalogue and the authorizer."""
+#: A further check of one syscall's validated arguments: why they are invalid, or ``None``.
+ArgsCheck = Callable[[BaseModel], str | None]
 
-    def __init__(self, *, max_body_bytes: int, allow_anonymous: bool, authorizer: Authorizer) -> None:
+
+class Intake:
+    """Validates deliveries against the protocol, the catalogue and the authorizer.
+
+    ``checks`` adds argument checks the catalogue's models cannot express
+    (``tool.call``: the named tool exists and its arguments match its schema).
+    """
+
+    def __init__(self, *, max_body_bytes: int, allow_anonymous: bool, authorizer: Authorizer,
+                 checks: dict[str, ArgsCheck] | None = None) -> None:
         self._max_body = max_body_bytes
         self._allow_anonymous = allow_anonymous
         self._authorizer = authorizer
+        self._checks = checks or {}
 
     def admit(self, d: Delivery) -> Accepted:
         """Return the accepted envelope or raise :class:`Rejected`."""
@@ -158,6 +168,10 @@ class Intake:
                 f"invalid arguments for {request.syscall}: key {bad!r} may not start with '$' or contain '.' or NUL",
                 agent=agent, syscall=request.syscall,
             )
+        check = self._checks.get(request.syscall)
+        if check is not None and (problem := check(args)) is not None:
+            raise Rejected(ErrorCode.INVALID_ARGS, f"invalid arguments for {request.syscall}: {problem}",
+                           agent=agent, syscall=request.syscall)
         admission = self._authorizer.authorize(agent, request, args, min(max(d.priority or 0, 0), MAX_PRIORITY))
         envelope = Envelope(
             agent=agent,

@@ -74,7 +74,8 @@ class LlmCaps:
 
     def begin(self) -> CapRound:
         """Snapshot of calls on workers, per agent, for one dispatch round."""
-        held = Counter(str(d.get("agent")) for d in self._live.find({"state": {"$in": list(ON_WORKER)}}, {"agent": 1}))
+        on_worker = self._live.find({"state": {"$in": list(ON_WORKER)}}, {"agent": 1, "syscall": 1})
+        held = Counter(str(d.get("agent")) for d in on_worker if str(d.get("syscall", "")).startswith("llm."))
         return CapRound(held, self._limit)
 
     def _limit(self, agent: str) -> int | None:

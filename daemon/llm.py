@@ -36,8 +36,11 @@ class LlmService:
     def __init__(
         self, store: Store, settings: Settings, finish: Finish, wake: Callable[[], None],
         sessions: SessionService, on_usage: Callable[[str, Usage], None] | None = None,
+        may_retry: Callable[[Doc], bool] | None = None,
     ) -> None:
         self._sessions = sessions
+        #: Whether a call whose lease was lost may run again (not an irreversible tool's).
+        self._may_retry = may_retry or (lambda _doc: True)
         self.book = LeaseBook(store.syscalls)
         self.fleet = Fleet(store.workers, settings.worker_timeout)
         self._usage = store.usage
@@ -154,6 +157,10 @@ class LlmService:
         lease = doc["lease"]
         self.fleet.release(lease["worker"], lease["id"])
         attempts = int(doc.get("attempts") or 0)
+        if not self._may_retry(doc):
+            self.fail(doc, lease["id"], ErrorCode.UNAVAILABLE,
+                      f"{reason}: the call of an irreversible tool is not run again (it may have had its effect)")
+            return
         if attempts >= self._settings.max_attempts:
             self.fail(doc, lease["id"], ErrorCode.UNAVAILABLE, f"LLM call failed: {reason}; gave up after {attempts} attempts")
             return

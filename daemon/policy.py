@@ -26,6 +26,9 @@ from .errors import InvalidPolicy
 #: Agent names are broker user names and part of reply-queue names, so no dots.
 AGENT_NAME = re.compile(r"^[a-z][a-z0-9_-]{1,62}$")
 Period = Literal["hour", "day", "month"]
+#: The built-in tools that touch nothing but their arguments and the caller's own files.
+SAFE_TOOLS = ("calculator", "json_query", "regex", "read_file")
+TOOL_PATTERN = re.compile(r"^[a-z0-9_*?\[\]!-]{1,64}$")
 Resource = Literal["memory", "storage"]
 
 
@@ -71,9 +74,13 @@ class Policy(_Strict):
     """What one agent may do. Field defaults are the policy of a new agent."""
 
     syscalls: list[str] = Field(
-        default_factory=lambda: ["memory.*", "llm.*", "context.*", "syscall.result"], description="Allowed syscall patterns."
+        default_factory=lambda: ["memory.*", "llm.*", "context.*", "storage.*", "tool.*", "syscall.result"],
+        description="Allowed syscall patterns."
     )
     models: list[str] = Field(default_factory=lambda: ["*"], description="Allowed model patterns for llm.* calls.")
+    tools: list[str] = Field(
+        default_factory=lambda: list(SAFE_TOOLS), description="Tool name patterns tool.call may run (built-ins by default)."
+    )
     max_priority: int = Field(default=5, ge=0, le=MAX_PRIORITY, description="Higher priorities are clamped to this.")
     quota_period: Period = Field(default="day", description="Period of the token and request quotas (UTC).")
     tokens_per_period: int | None = Field(default=200_000, ge=0, description="Prompt + completion tokens.")
@@ -82,8 +89,12 @@ class Policy(_Strict):
     max_concurrent_llm: int | None = Field(default=4, ge=1, description="LLM calls leased to workers at once.")
     memory_notes: int | None = Field(default=10_000, ge=0, description="Live memory notes.")
     memory_bytes: int | None = Field(default=64 * 2**20, ge=0, description="UTF-8 bytes of live note contents.")
-    storage_bytes: int | None = Field(default=2**30, ge=0, description="Stored file bytes (storage service).")
-    groups: list[str] = Field(default_factory=list, description="Agents sharing a group read each other's data.")
+    storage_bytes: int | None = Field(default=2**30, ge=0, description="Bytes of every kept version of every file.")
+    storage_versions: int = Field(default=10, ge=1, le=1000, description="Versions kept per file; older ones are pruned.")
+    storage_file_bytes: int | None = Field(default=16 * 2**20, ge=0, description="Largest size of one file version.")
+    groups: list[str] = Field(
+        default_factory=list, description="Agents sharing a group read each other's memory (files: storage.share)."
+    )
     grants: list[Grant] = Field(default_factory=list, description="Agents allowed to read this agent's data.")
     approval_required: list[str] = Field(default_factory=list, description="Syscall patterns that wait for a human.")
 
@@ -103,6 +114,14 @@ class Policy(_Strict):
                 raise ValueError("model patterns must be 1-128 characters")
         return patterns
 
+    @field_validator("tools")
+    @classmethod
+    def _tools(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            if not TOOL_PATTERN.match(pattern):
+                raise ValueError(f"tool pattern {pattern!r}: use 1-64 characters a-z, 0-9, '_' and the wildcards * ? [ ]")
+        return patterns
+
     @field_validator("groups")
     @classmethod
     def _groups(cls, groups: list[str]) -> list[str]:
@@ -116,7 +135,8 @@ class Policy(_Strict):
         """Every syscall, every model, top priority, no quota (the operator's implicit policy)."""
         return cls(
             syscalls=["*"], max_priority=MAX_PRIORITY, tokens_per_period=None, requests_per_period=None,
-            rate_limit=None, max_concurrent_llm=None, memory_notes=None, memory_bytes=None, storage_bytes=None,
+            rate_limit=None, max_concurrent_llm=None, memory_notes=None, memory_bytes=None, storage_bytes=None, tools=["*"],
+            storage_file_bytes=None,
         )
 
     def allows(self, syscall: str) -> bool:
@@ -128,6 +148,10 @@ class Policy(_Strict):
         if model is None:
             return "*" in self.models
         return any(fnmatchcase(model, p) for p in self.models)
+
+    def allows_tool(self, name: str) -> bool:
+        """Whether ``tool.call`` may run the tool ``name``."""
+        return any(fnmatchcase(name, p) for p in self.tools)
 
     def needs_approval(self, syscall: str) -> bool:
         """Whether ``syscall`` waits for a human approval before it runs."""
@@ -173,4 +197,9 @@ def resource_of(agent: str | None, request: Request) -> str | None:
         return f"model:{args.get('model') or '*'}"
     if request.syscall == "syscall.result":
         return f"syscall:{args.get('id')}"
+    if request.syscall == "tool.call":
+        return f"tool:{args.get('name')}"
+    if ns == "storage":
+        path = args.get("path") or args.get("prefix") or "/"
+        return f"storage:{args.get('owner') or agent}:{str(path)[:256]}"
     return None

@@ -35,7 +35,10 @@ from .policies import make_policy
 from .records import Records
 from .sessions import SessionService
 from .settings import Settings
+from .storage import STORAGE_SWEEP_INTERVAL
 from .store import Store
+from .toolregistry import ToolRegistry
+from .tools import ToolService
 
 log = get_logger(__name__)
 PUMP_SECONDS = 0.2
@@ -54,20 +57,24 @@ class Scheduler:
         self._broker: Broker | None = None
         self.access = access = AccessControl(self.store, settings)
         access.approvals.outbox = self
+        self.tools = tools = ToolService(ToolRegistry.load(), access.policies)
+        access.authorizer.irreversible = access.approvals.irreversible = tools.irreversible
         intake = Intake(
             max_body_bytes=settings.max_body_bytes,
             allow_anonymous=settings.dev_allow_anonymous,
             authorizer=authorizer or access.authorizer,
+            checks={"tool.call": tools.check},
         )
         sessions = SessionService(self.store.sessions)
+        kernel = Kernel(self.store, sessions, access.memory_guard, storage_guard=access.storage_guard, tools=tools)
         self.pipeline = Pipeline(
             intake, Records(self.store.syscalls, self.store.results), access.audit,
-            Kernel(self.store, sessions, access.memory_guard), self, self.submit, defer=lambda env: self.llm.submit(env),
+            kernel, self, self.submit, defer=lambda env: self.llm.submit(env),
             gate=access.approvals,
         )
         self.llm = LlmService(
             self.store, settings, self.pipeline.finish, wake=lambda: self.dispatcher.wake(), sessions=sessions,
-            on_usage=access.charge,
+            on_usage=access.charge, may_retry=tools.may_retry,
         )
         self.dispatcher = Dispatcher(
             self.llm, make_policy(settings.policy, settings.slice_tokens), settings, self._publish_lease,
@@ -75,6 +82,7 @@ class Scheduler:
         )
         self.housekeeping = Periodic(self.submit)
         access.housekeeping(self.housekeeping, self.pipeline.execute, self.pipeline.finish)
+        self.housekeeping.every(STORAGE_SWEEP_INTERVAL, "storage_sweep", kernel.storage.sweep)
 
     # -- Outbox: replies always go out on the current connection ---------------
 

@@ -82,6 +82,17 @@ class Settings(BaseSettings):
     sglang_max_running_requests: int | None = Field(default=None, ge=1, description="--max-running-requests.")
     sglang_schedule_policy: str | None = Field(default=None, description="--schedule-policy (lpm, fcfs, ...).")
     sglang_args: list[str] = Field(default_factory=list, description="Further launch_server arguments.")
+    # -- tools (aiosd tools) --
+    tools_capacity: int = Field(default=4, ge=1, le=256, description="Tool calls run at once, each in a child process.")
+    tool_timeout: float = Field(
+        default=300.0, gt=0, description="Upper bound on any tool call's wall-clock seconds (each tool has its own "
+        "default and maximum); past it the call's process group is killed."
+    )
+    tool_cpu_seconds: int = Field(default=60, ge=1, description="CPU seconds per tool call (RLIMIT_CPU).")
+    tool_memory_mb: int = Field(default=512, ge=64, description="Address space per tool call in MiB (RLIMIT_AS).")
+    tool_scratch_dir: str | None = Field(
+        default=None, description="Where each call's private scratch directory is made (default: the system temp dir)."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto", description="auto: console on a TTY, JSON lines otherwise."

@@ -12,10 +12,12 @@ from types import TracebackType
 from typing import Any, Unpack
 
 from .calls import R, Call, CallOptions, memory_add, memory_delete, memory_get, memory_search, memory_update, syscall_result, unwrap
+from .calls import reply_wait, tool_call, tool_list
 from .client import DEFAULT_TIMEOUT
 from .errors import CallTimeout
 from .protocol import Reply, Request
 from .syscalls import Note, NoteRef, SearchResult
+from .tools import ToolCallResult, ToolListResult
 from .transport import Transport
 
 
@@ -29,6 +31,7 @@ class AsyncClient:
         self.timeout = timeout
         self._transport = Transport(url, connect_timeout=connect_timeout)
         self.memory = AsyncMemory(self)
+        self.tools = AsyncTools(self)
 
     @classmethod
     async def connect(cls, url: str, **kwargs: Any) -> AsyncClient:
@@ -90,6 +93,21 @@ class AsyncClient:
         except asyncio.TimeoutError:
             self._transport.forget(call_id)
             raise CallTimeout(call_id, limit) from None
+
+
+class AsyncTools:
+    """``tool.*`` syscalls of an :class:`AsyncClient`."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def call(self, name: str, args: dict[str, Any] | None = None, timeout: float | None = None) -> ToolCallResult:
+        """Run tool ``name`` (at most ``timeout`` seconds; default: the tool's own); return its result."""
+        return await self._client.run(tool_call(name, args, timeout), timeout=reply_wait(self._client.timeout, timeout))
+
+    async def list(self) -> ToolListResult:
+        """The tools this agent may call, with their argument schemas."""
+        return await self._client.run(tool_list())
 
 
 class AsyncMemory:

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from .errors import CallError
 from .protocol import Reply, Request, Status
+from .tools import ToolCallArgs, ToolCallResult, ToolListArgs, ToolListResult
 from .syscalls import (
     MemoryAddArgs,
     MemoryDeleteArgs,
@@ -109,6 +110,21 @@ def memory_search(
         created_after=created_after, created_before=created_before,
     )
     return Call("memory.search", args, SearchResult)
+
+
+def tool_call(name: str, args: dict[str, Any] | None = None, timeout: float | None = None) -> Call[ToolCallResult]:
+    """Describe ``tool.call``."""
+    return Call("tool.call", ToolCallArgs(name=name, args=args or {}, timeout=timeout), ToolCallResult)
+
+
+def tool_list() -> Call[ToolListResult]:
+    """Describe ``tool.list``."""
+    return Call("tool.list", ToolListArgs(), ToolListResult)
+
+
+def reply_wait(default: float, tool_timeout: float | None) -> float | None:
+    """How long to wait for a tool call's reply: the client's default, or longer than the tool may run."""
+    return None if tool_timeout is None else max(default, tool_timeout + 30.0)
 
 
 def syscall_result(call_id: str) -> Call[StoredResult]:

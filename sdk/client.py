@@ -17,9 +17,11 @@ from types import TracebackType
 from typing import Any, Unpack
 
 from .calls import R, Call, CallOptions, memory_add, memory_delete, memory_get, memory_search, memory_update, syscall_result, unwrap
+from .calls import reply_wait, tool_call, tool_list
 from .errors import CallTimeout
 from .protocol import Reply, Request
 from .syscalls import Note, NoteRef, SearchResult
+from .tools import ToolCallResult, ToolListResult
 from .transport import Transport
 
 DEFAULT_TIMEOUT = 60.0
@@ -32,6 +34,7 @@ class Client:
         self.timeout = timeout
         self._transport = Transport(url, connect_timeout=connect_timeout)
         self.memory = Memory(self)
+        self.tools = Tools(self)
         self._transport.start()
 
     @property
@@ -101,6 +104,21 @@ class Client:
         except FutureTimeout:
             self._transport.forget(call_id)
             raise CallTimeout(call_id, limit) from None
+
+
+class Tools:
+    """``tool.*`` syscalls of a :class:`Client`."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def call(self, name: str, args: dict[str, Any] | None = None, timeout: float | None = None) -> ToolCallResult:
+        """Run tool ``name`` (at most ``timeout`` seconds; default: the tool's own); return its result."""
+        return self._client.run(tool_call(name, args, timeout), timeout=reply_wait(self._client.timeout, timeout))
+
+    def list(self) -> ToolListResult:
+        """The tools this agent may call, with their argument schemas."""
+        return self._client.run(tool_list())
 
 
 class Memory:

@@ -72,6 +72,9 @@ class ErrorCode(str, Enum):
     NOT_FOUND = "not_found"
     CONFLICT = "conflict"
     DEADLINE_EXCEEDED = "deadline_exceeded"
+    TIME_LIMIT_EXCEEDED = "time_limit_exceeded"  # a tool ran past its timeout (or CPU time) and was killed
+    RESOURCE_LIMIT_EXCEEDED = "resource_limit_exceeded"  # a tool hit its memory or file-size limit
+    TOOL_FAILED = "tool_failed"  # the tool raised an error or its process died
     UNAVAILABLE = "unavailable"
     TIMEOUT = "timeout"  # client-side: no reply in time
     INTERNAL = "internal"

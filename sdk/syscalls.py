@@ -24,6 +24,23 @@ from .context import (
     SessionList,
 )
 from .llm import LlmChatArgs, LlmChatResult
+from .tools import ToolCallArgs, ToolCallResult, ToolListArgs, ToolListResult
+from .storage import (
+    FileContent,
+    FileDeleted,
+    FileList,
+    FileStat,
+    FileWritten,
+    ShareList,
+    StorageDeleteArgs,
+    StorageListArgs,
+    StoragePathArgs,
+    StorageReadArgs,
+    StorageRollbackArgs,
+    StorageShareArgs,
+    StorageUnshareArgs,
+    StorageWriteArgs,
+)
 
 MAX_NOTE_CHARS = 65_536
 MAX_TAGS = 32
@@ -157,6 +174,16 @@ CATALOGUE: dict[str, Syscall] = {
         Syscall("context.fork", ContextForkArgs, SessionInfo, "Copy a session into an independent one."),
         Syscall("context.delete", ContextRef, SessionInfo, "Delete a session."),
         Syscall("context.list", ContextListArgs, SessionList, "List the caller's sessions."),
+        Syscall("storage.write", StorageWriteArgs, FileWritten, "Write a new version of a file."),
+        Syscall("storage.read", StorageReadArgs, FileContent, "Read a file's current or a kept version."),
+        Syscall("storage.list", StorageListArgs, FileList, "List files under a path prefix."),
+        Syscall("storage.stat", StoragePathArgs, FileStat, "Describe a file and its kept versions."),
+        Syscall("storage.delete", StorageDeleteArgs, FileDeleted, "Delete a file (soft, or purge for good)."),
+        Syscall("storage.rollback", StorageRollbackArgs, FileWritten, "Restore a kept version as a new version."),
+        Syscall("storage.share", StorageShareArgs, ShareList, "Let an agent or group read or write a path."),
+        Syscall("storage.unshare", StorageUnshareArgs, ShareList, "Withdraw a share."),
+        Syscall("tool.call", ToolCallArgs, ToolCallResult, "Run a registered tool in a sandbox (served by aiosd tools)."),
+        Syscall("tool.list", ToolListArgs, ToolListResult, "List the tools the caller may call, with their schemas."),
         Syscall("syscall.result", ResultArgs, StoredResult, "Fetch a syscall's stored reply by id."),
     )
 }

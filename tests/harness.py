@@ -193,6 +193,35 @@ class WorkerProcess(SchedulerProcess):
         return self
 
 
+#: A directory holding a test-only tool package (``*.dist-info`` with ``aiosd.tools`` entry points).
+TEST_TOOLS = ROOT / "tests" / "toolpkg"
+
+
+def with_test_tools(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with the test tools installed (on PYTHONPATH), for schedulers and tool runners."""
+    paths = [str(TEST_TOOLS), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
+
+
+class ToolsProcess(SchedulerProcess):
+    """An ``aiosd tools`` subprocess (``worker_id`` fixed), with the test tools installed."""
+
+    def __init__(self, world: World, log_dir: Path, worker_id: str | None = None, **settings: str) -> None:
+        super().__init__(world, log_dir, **settings)
+        self.worker_id = worker_id or f"tools-{uuid.uuid4().hex[:6]}"
+        self.env["AIOSD_WORKER_ID"] = self.worker_id
+        with_test_tools(self.env)
+        self.log_path = log_dir / f"tools-{self.worker_id}.log"
+
+    def start(self, wait: bool = True, *args: str) -> ToolsProcess:
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(aiosd_command("tools", *args), env=self.env, stdout=self._log, stderr=self._log)
+        if wait:
+            self.wait_for("worker_ready", timeout=60.0)
+        return self
+
+
 # -- agents (identities with policies) -------------------------------------------------
 
 MGMT_URL = f"http://{HOST}:{MGMT_PORT}"

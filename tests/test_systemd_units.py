@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 UNIT_DIR = Path(__file__).resolve().parent.parent / "systemd"
-UNITS = ("aiosd-scheduler.service", "aiosd-worker@.service", "aiosd.target")
+UNITS = ("aiosd-scheduler.service", "aiosd-worker@.service", "aiosd-tools.service", "aiosd.target")
 INSTALLED_BINARY = "/opt/aiosd/bin/aiosd"
 
 
@@ -93,6 +93,23 @@ def test_worker_template_pins_its_gpu() -> None:
     assert values(unit, "Service", "PrivateDevices") == ["no"]
 
 
-def test_target_pulls_in_the_scheduler() -> None:
-    assert "aiosd-scheduler.service" in values("aiosd.target", "Unit", "Wants")
+def test_tool_runner_is_a_sandboxed_notify_service() -> None:
+    unit = "aiosd-tools.service"
+    assert values(unit, "Service", "ExecStart") == ["/opt/aiosd/bin/aiosd tools"]
+    assert values(unit, "Service", "Type") == ["notify"]
+    assert values(unit, "Service", "WatchdogSec") != []
+    assert values(unit, "Service", "RestartPreventExitStatus") == ["78"]
+    (timeout,) = values(unit, "Service", "TimeoutStopSec")
+    assert int(timeout) > 30
+    assert values(unit, "Service", "User") == ["aiosd"]  # never root: root could lift the per-call rlimits
+    assert "AIOSD_WORKER_ID=%H-tools" in " ".join(values(unit, "Service", "Environment"))
+    for key in ("NoNewPrivileges", "PrivateTmp", "PrivateDevices", "ProtectHome"):
+        assert values(unit, "Service", key) == ["yes"], key
+    assert values(unit, "Service", "ProtectSystem") == ["strict"]
+    assert values(unit, "Install", "WantedBy") == ["aiosd.target"]
+
+
+def test_target_pulls_in_the_scheduler_and_the_tool_runner() -> None:
+    wants = " ".join(values("aiosd.target", "Unit", "Wants")).split()
+    assert "aiosd-scheduler.service" in wants and "aiosd-tools.service" in wants
     assert values("aiosd.target", "Install", "WantedBy") == ["multi-user.target"]

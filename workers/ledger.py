@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import queue
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiosd.sdk.cluster import Lease, Outcome
@@ -36,8 +37,10 @@ class Held:
 class Ledger:
     """Held leases (by id) and the outbox of their outcomes, in completion order."""
 
-    def __init__(self, worker_id: str) -> None:
+    def __init__(self, worker_id: str, interrupted: Callable[[Lease, str, str], Outcome] = released_outcome) -> None:
         self.worker_id = worker_id
+        #: The outcome of a call cancelled while it ran (``(lease, worker_id, reason)``).
+        self._interrupted = interrupted
         self.held: dict[str, Held] = {}
         self._finished: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         self.outbox: deque[Outcome] = deque()
@@ -49,7 +52,7 @@ class Ledger:
     def finish(self, lease: Lease, future: concurrent.futures.Future[Outcome]) -> None:
         """Done-callback of a call's future (any thread): queue its one outcome."""
         if future.cancelled():
-            outcome = released_outcome(lease, self.worker_id, STOPPING)
+            outcome = self._interrupted(lease, self.worker_id, STOPPING)
         elif (exc := future.exception()) is not None:
             # run_lease reports failures itself; this is a bug in the worker.
             base = {"worker_id": self.worker_id, "lease_id": lease.lease_id, "key": lease.key, "model": ""}

@@ -22,18 +22,21 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
+from collections.abc import Callable
 from functools import partial
+from typing import Protocol
 
 from aiosd.daemon.errors import ServiceUnavailable
 from aiosd.daemon.lifecycle import Lifecycle
 from aiosd.daemon.logs import get_logger
 from aiosd.daemon.settings import Settings
-from aiosd.sdk.cluster import Goodbye, Heartbeat, Lease, Outcome, WorkerState, decode_lease
+from aiosd.sdk.cluster import Goodbye, Heartbeat, Lease, Outcome, WorkerKind, WorkerState, decode_lease
 from aiosd.sdk.errors import ProtocolError
 from aiosd.sdk.protocol import utcnow
 
 from .amqp import AMQP_ERRORS, PUBLISH_ERRORS, WorkerBroker
-from .backends.base import BackendError
+from .backends.base import BackendError, ModelInfo
+from .calls import released_outcome
 from .config import WorkerConfig, worker_config
 from .engine import Engine, Probe
 from .ledger import Held, Ledger
@@ -47,16 +50,41 @@ RELEASE_RESERVE = 5.0
 BACKEND_CLOSE_TIMEOUT = 30.0
 
 
-class Worker:
-    """One worker process; :meth:`run` returns when it has stopped cleanly."""
+class Driver(Protocol):
+    """What the process drives on its runner thread: an LLM :class:`~.engine.Engine` or the tool runner."""
 
-    def __init__(self, settings: Settings, lifecycle: Lifecycle, config: WorkerConfig | None = None) -> None:
+    info: ModelInfo
+
+    async def start(self, timeout: float) -> ModelInfo: ...
+
+    async def run(self, lease: Lease) -> Outcome: ...
+
+    async def probe(self, timeout: float) -> Probe: ...
+
+    async def close(self) -> None: ...
+
+
+class Worker:
+    """One worker process; :meth:`run` returns when it has stopped cleanly.
+
+    The same process machinery serves LLM workers (``kind="llm"``, an
+    :class:`~.engine.Engine`) and tool runners (``kind="tools"``, see
+    :mod:`.toolrunner`); ``interrupted`` makes the outcome of a call cut off by
+    the stop deadline (default: ``released``, so it runs again elsewhere).
+    """
+
+    def __init__(
+        self, settings: Settings, lifecycle: Lifecycle, config: WorkerConfig | None = None,
+        engine: Driver | None = None, kind: WorkerKind = "llm",
+        interrupted: Callable[[Lease, str, str], Outcome] = released_outcome,
+    ) -> None:
         self.settings = settings
         self.lifecycle = lifecycle
         self.config = config or worker_config(settings)
+        self.kind: WorkerKind = kind
         self.runner = Runner()
-        self.engine = Engine(self.config)
-        self.ledger = Ledger(self.config.worker_id)
+        self.engine: Driver = engine or Engine(self.config)
+        self.ledger = Ledger(self.config.worker_id, interrupted)
         self._broker: WorkerBroker | None = None
         self._draining = False
         self._probe: concurrent.futures.Future[Probe] | None = None
@@ -213,7 +241,7 @@ class Worker:
             self.lifecycle.request_stop()
         info = self.engine.info
         state = WorkerState(
-            worker_id=self.config.worker_id, host=self.config.host, backend=self.config.backend,
+            worker_id=self.config.worker_id, kind=self.kind, host=self.config.host, backend=self.config.backend,
             model=info.name, context_length=info.context_length, capacity=self.config.capacity,
             leases=self.ledger.lease_ids(), healthy=probe.healthy, draining=self._draining,
             metrics=probe.metrics,
