@@ -72,8 +72,8 @@ def run_demo(settings: Settings, agents: int) -> int:
             runs = list(pool.map(lambda args: _agent(*args), zip(urls.items(), kinds)))
         _isolation(runs, urls)
         _report(runs)
-        _audit(settings)
-        return EXIT_OK if all(not r.errors for r in runs) else EXIT_FAILURE
+        intact = _audit(settings)
+        return EXIT_OK if intact and all(not r.errors for r in runs) else EXIT_FAILURE
     finally:
         for name, proc in reversed(children):
             _stop(name, proc)
@@ -141,7 +141,7 @@ def _isolation(runs: list[AgentRun], urls: dict[str, str]) -> None:
     console.print("each agent tried to read another agent's note and got [bold]not_found[/]: memory is private")
 
 
-def _audit(settings: Settings) -> None:
+def _audit(settings: Settings) -> bool:
     store = Store(settings.mongo_url, settings.mongo_db)
     try:
         verdict = verify(store.audit, audit_key(settings))
@@ -149,6 +149,7 @@ def _audit(settings: Settings) -> None:
         store.close()
     state = "[green]intact[/]" if verdict.ok else f"[red]BROKEN[/]: {verdict.problem}"
     console.print(f"audit log: {verdict.records} hash-chained records, {state} (`aiosd audit verify`)")
+    return verdict.ok
 
 
 def _timed(run: AgentRun, client: Client, syscall: str, args: dict[str, Any]) -> Any:
