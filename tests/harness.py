@@ -76,6 +76,7 @@ class World:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AIOSD_")}
         env.update(
             AIOSD_AMQP_URL=self.amqp_url(),
+            AIOSD_AMQP_ADMIN_URL=f"http://{HOST}:{MGMT_PORT}",
             AIOSD_MONGO_URL=MONGO_URL,
             AIOSD_MONGO_DB=self.db_name,
             AIOSD_LOG_FORMAT="json",
