@@ -46,3 +46,11 @@ def test_docs_cover_every_syscall_status_and_code() -> None:
         assert f"`{status.value}`" in PROTOCOL_DOC
     for name in ("aiosd.ingress", "aiosd.syscalls", "aiosd.dead", "x-aiosd-error-code", "x-aiosd-error-reason", "aiosd-protocol"):
         assert name in PROTOCOL_DOC
+
+
+def test_readme_documents_every_setting() -> None:
+    from aiosd.daemon.settings import Settings
+
+    readme = (ROOT / "README.md").read_text()
+    missing = [f for f in Settings.model_fields if f"`{f}`" not in readme and f"AIOSD_{f.upper()}" not in readme]
+    assert missing == [], f"settings missing from the README's table: {missing}"
