@@ -14,11 +14,10 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import pika.exceptions
-from pymongo.errors import PyMongoError
 
 from aiosd.sdk.cluster import EVENTS_QUEUE, decode_event
 from aiosd.sdk.errors import ProtocolError
-from aiosd.sdk.protocol import INGRESS_QUEUE, Reply
+from aiosd.sdk.protocol import INGRESS_QUEUE, ErrorCode, Reply
 
 from .amqp import AMQP_ERRORS, Broker
 from .accesscontrol import AccessControl
@@ -30,7 +29,7 @@ from .lifecycle import Lifecycle
 from .llm import LlmService
 from .logs import get_logger
 from .periodic import Periodic
-from .pipeline import RETRY_PAUSE, Pipeline
+from .pipeline import RETRY_PAUSE, TRANSIENT, Pipeline
 from .policies import make_policy
 from .records import Records
 from .sessions import SessionService
@@ -233,10 +232,14 @@ class Scheduler:
             return
         try:
             self.llm.on_event(event)
-        except PyMongoError as exc:
+        except TRANSIENT as exc:
             log.error("store_unavailable", error=str(exc))
             time.sleep(RETRY_PAUSE)
             d.nack(True)
+            return
+        except Exception as exc:  # as for deliveries: retrying an event the store refuses cannot help
+            log.exception("worker_event_refused")
+            d.dead_letter(ErrorCode.INTERNAL.value, f"event could not be applied: {type(exc).__name__}: {exc}")
             return
         d.ack()
 
