@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import ROOT, SchedulerProcess, World
+from .harness import ROOT, AgentRegistry, SchedulerProcess, World
 
 SERVICES = ROOT / "scripts" / "services.sh"
 
@@ -58,3 +58,11 @@ def scheduler(shared_world: World, tmp_path_factory: pytest.TempPathFactory) -> 
     proc = SchedulerProcess(shared_world, tmp_path_factory.mktemp("scheduler")).start()
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="module")
+def registry(shared_world: World) -> Iterator[AgentRegistry]:
+    """Real agents (broker users + policies) in the module's world, removed afterwards."""
+    reg = AgentRegistry(shared_world)
+    yield reg
+    reg.cleanup()

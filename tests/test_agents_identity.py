@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -19,13 +19,6 @@ from aiosd.sdk import CallError, Client
 
 from .harness import ROOT, AgentRegistry, SchedulerProcess, World, management
 from .rawamqp import RawAgent
-
-
-@pytest.fixture(scope="module")
-def registry(shared_world: World) -> Iterator[AgentRegistry]:
-    reg = AgentRegistry(shared_world)
-    yield reg
-    reg.cleanup()
 
 
 @pytest.fixture(scope="module")

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import pytest
 
 from aiosd.sdk import CallError, Client
 
-from .harness import AgentRegistry, SchedulerProcess, World
+from .harness import AgentRegistry
 
-
-@pytest.fixture(scope="module")
-def registry(shared_world: World, scheduler: SchedulerProcess) -> Iterator[AgentRegistry]:
-    reg = AgentRegistry(shared_world)
-    yield reg
-    reg.cleanup()
+# Every test here talks to agents through a running scheduler.
+pytestmark = pytest.mark.usefixtures("scheduler")
 
 
 def code_of(fn: object, *args: object, **kw: object) -> str:

@@ -23,13 +23,6 @@ def client(shared_world: World, scheduler: SchedulerProcess) -> Iterator[Client]
         yield c
 
 
-@pytest.fixture(scope="module")
-def registry(shared_world: World, scheduler: SchedulerProcess) -> Iterator[AgentRegistry]:
-    reg = AgentRegistry(shared_world)
-    yield reg
-    reg.cleanup()
-
-
 def fails(client: Client, syscall: str, args: dict[str, Any]) -> CallError:
     """The error of a call that must fail."""
     with pytest.raises(CallError) as err:

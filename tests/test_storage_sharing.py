@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,14 +10,10 @@ import yaml
 
 from aiosd.sdk import CallError, Client
 
-from .harness import AgentRegistry, SchedulerProcess, World
+from .harness import AgentRegistry
 
-
-@pytest.fixture(scope="module")
-def registry(shared_world: World, scheduler: SchedulerProcess) -> Iterator[AgentRegistry]:
-    reg = AgentRegistry(shared_world)
-    yield reg
-    reg.cleanup()
+# Every test here talks to agents through a running scheduler.
+pytestmark = pytest.mark.usefixtures("scheduler")
 
 
 def code(client: Client, syscall: str, args: dict[str, Any]) -> str:

@@ -54,13 +54,6 @@ def client(shared_world: World, runner: ToolsProcess) -> Iterator[Client]:
         yield c
 
 
-@pytest.fixture(scope="module")
-def registry(shared_world: World, runner: ToolsProcess) -> Iterator[AgentRegistry]:
-    reg = AgentRegistry(shared_world)
-    yield reg
-    reg.cleanup()
-
-
 def tool(client: Client, name: str, args: dict[str, Any], **call: Any) -> Reply:
     return client.request("tool.call", {"name": name, "args": args, **call}, timeout=60)
 
