@@ -92,7 +92,7 @@ def _through_kernel(calls: int, max_tokens: int) -> list[float]:
 def _start(command: str, env: dict[str, str], ready: str) -> subprocess.Popen[bytes]:
     log = Path(tempfile.gettempdir()) / f"aiosd-bench-{command}.log"
     out = log.open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "aiosd.daemon.cli", command], env=env, stdout=out, stderr=out)
+    proc = subprocess.Popen([sys.executable, "-m", "aiosd.daemon.admin.cli", command], env=env, stdout=out, stderr=out)
     deadline = time.monotonic() + 120
     while ready not in log.read_text(errors="replace"):
         if proc.poll() is not None or time.monotonic() > deadline:

@@ -84,7 +84,7 @@ def _start_scheduler(url: str, mongo_url: str, db: str, threads: int) -> subproc
            "AIOSD_THREADS": str(threads), "AIOSD_LOG_FORMAT": "json", "AIOSD_LOG_LEVEL": "WARNING"}
     log = Path(tempfile.gettempdir()) / f"{db}.log"
     out = log.open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "aiosd.daemon.cli", "scheduler", "--log-level", "INFO"], env=env, stdout=out, stderr=out)
+    proc = subprocess.Popen([sys.executable, "-m", "aiosd.daemon.admin.cli", "scheduler", "--log-level", "INFO"], env=env, stdout=out, stderr=out)
     deadline = time.monotonic() + 60
     while "scheduler_ready" not in log.read_text(errors="replace"):
         if proc.poll() is not None or time.monotonic() > deadline:

@@ -1,28 +1,17 @@
-"""The daemon's error tree and process exit codes."""
+"""The daemon's errors: every one derives from :class:`~aiosd.sdk.errors.AiosdError`.
+
+The errors every process shares (configuration, unreachable services) and
+the exit codes live in :mod:`aiosd.sdk.errors`.
+"""
 
 from __future__ import annotations
 
-from aiosd.sdk.errors import AiosdError
+from aiosd.sdk.errors import AiosdError, ServiceUnavailable
 from aiosd.sdk.protocol import ErrorCode
-
-# Exit codes follow sysexits.h so systemd units can tell them apart
-# (RestartPreventExitStatus=78: restarting cannot fix a bad configuration).
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_UNAVAILABLE = 69
-EXIT_CONFIG = 78
 
 
 class DaemonError(AiosdError):
     """Base of every error raised inside the daemon."""
-
-
-class ConfigError(DaemonError):
-    """The settings are invalid; the process exits with :data:`EXIT_CONFIG`."""
-
-
-class ServiceUnavailable(DaemonError):
-    """RabbitMQ or MongoDB cannot be reached; exits with :data:`EXIT_UNAVAILABLE`."""
 
 
 class SyscallFailed(DaemonError):

@@ -13,7 +13,8 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
-from .errors import ServiceUnavailable
+from aiosd.sdk.cluster import WORKERS_COLLECTION
+from aiosd.sdk.errors import ServiceUnavailable
 
 Doc = dict[str, Any]
 
@@ -34,7 +35,7 @@ class Store:
         self.results: Collection[Doc] = self.db["results"]
         self.audit: Collection[Doc] = self.db["audit"]
         self.memory: Collection[Doc] = self.db["memory"]
-        self.workers: Collection[Doc] = self.db["workers"]
+        self.workers: Collection[Doc] = self.db[WORKERS_COLLECTION]
         self.sessions: Collection[Doc] = self.db["sessions"]
         self.usage: Collection[Doc] = self.db["usage"]
 

@@ -6,13 +6,26 @@ futures bridged into the running loop, so the event loop never blocks.
 
 from __future__ import annotations
 
-from datetime import datetime
 import asyncio
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Unpack
 
-from .calls import R, Call, CallOptions, memory_add, memory_delete, memory_get, memory_search, memory_update, syscall_result, unwrap
-from .calls import reply_wait, tool_call, tool_list
+from .calls import (
+    Call,
+    CallOptions,
+    R,
+    memory_add,
+    memory_delete,
+    memory_get,
+    memory_search,
+    memory_update,
+    reply_wait,
+    syscall_result,
+    tool_call,
+    tool_list,
+    unwrap,
+)
 from .client import DEFAULT_TIMEOUT
 from .errors import CallTimeout
 from .protocol import Reply, Request
@@ -90,7 +103,7 @@ class AsyncClient:
         )
         try:
             return await asyncio.wait_for(asyncio.wrap_future(fut), limit)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._transport.forget(call_id)
             raise CallTimeout(call_id, limit) from None
 

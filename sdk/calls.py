@@ -15,7 +15,6 @@ from pydantic import BaseModel
 
 from .errors import CallError
 from .protocol import Reply, Request, Status
-from .tools import ToolCallArgs, ToolCallResult, ToolListArgs, ToolListResult
 from .syscalls import (
     MemoryAddArgs,
     MemoryDeleteArgs,
@@ -28,6 +27,7 @@ from .syscalls import (
     SearchResult,
     StoredResult,
 )
+from .tools import ToolCallArgs, ToolCallResult, ToolListArgs, ToolListResult
 
 R = TypeVar("R", bound=BaseModel)
 

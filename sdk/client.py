@@ -10,14 +10,27 @@ in flight at once and each waits for its own reply.
 
 from __future__ import annotations
 
-from datetime import datetime
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Unpack
 
-from .calls import R, Call, CallOptions, memory_add, memory_delete, memory_get, memory_search, memory_update, syscall_result, unwrap
-from .calls import reply_wait, tool_call, tool_list
+from .calls import (
+    Call,
+    CallOptions,
+    R,
+    memory_add,
+    memory_delete,
+    memory_get,
+    memory_search,
+    memory_update,
+    reply_wait,
+    syscall_result,
+    tool_call,
+    tool_list,
+    unwrap,
+)
 from .errors import CallTimeout
 from .protocol import Reply, Request
 from .syscalls import Note, NoteRef, SearchResult

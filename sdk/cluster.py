@@ -28,6 +28,9 @@ def worker_queue(worker_id: str) -> str:
     return f"{WORKER_QUEUE_PREFIX}{worker_id}"
 
 
+#: The collection where the scheduler keeps each worker's last heartbeat (``aiosd worker --check`` reads it).
+WORKERS_COLLECTION = "workers"
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -40,11 +43,6 @@ class Snapshot(_Frozen):
 
 
 WorkerKind = Literal["llm", "tools"]
-
-
-def kind_of(syscall: str) -> WorkerKind:
-    """Which kind of worker serves ``syscall``."""
-    return "tools" if syscall.startswith("tool.") else "llm"
 
 
 class Lease(_Frozen):

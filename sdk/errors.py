@@ -12,6 +12,22 @@ class AiosdError(Exception):
     """Base class of every error aiosd raises."""
 
 
+# Process exit codes of every aiosd command follow sysexits.h so systemd units can tell them apart
+# (RestartPreventExitStatus=78: restarting cannot fix a bad configuration).
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_UNAVAILABLE = 69
+EXIT_CONFIG = 78
+
+
+class ConfigError(AiosdError):
+    """The settings are invalid; a process exits with :data:`EXIT_CONFIG`."""
+
+
+class ServiceUnavailable(AiosdError):
+    """RabbitMQ or MongoDB cannot be reached; a process exits with :data:`EXIT_UNAVAILABLE`."""
+
+
 class ProtocolError(AiosdError):
     """A message does not follow the wire protocol."""
 

@@ -9,7 +9,7 @@ properties carry the envelope's identity; the body carries the call.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
@@ -213,4 +213,4 @@ def describe_validation(exc: ValidationError) -> str:
 
 def utcnow() -> datetime:
     """Timezone-aware current UTC time."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)

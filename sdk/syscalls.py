@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,7 +24,6 @@ from .context import (
     SessionList,
 )
 from .llm import LlmChatArgs, LlmChatResult
-from .tools import ToolCallArgs, ToolCallResult, ToolListArgs, ToolListResult
 from .storage import (
     FileContent,
     FileDeleted,
@@ -41,6 +40,7 @@ from .storage import (
     StorageUnshareArgs,
     StorageWriteArgs,
 )
+from .tools import ToolCallArgs, ToolCallResult, ToolListArgs, ToolListResult
 
 MAX_NOTE_CHARS = 65_536
 MAX_TAGS = 32
@@ -149,14 +149,25 @@ class StoredResult(_Result):
     reply: dict[str, Any] | None = None
 
 
+#: Who serves a syscall: the scheduler itself (database work), an LLM worker, or a tool runner.
+#: Leased kinds wait in the scheduler's queue until a worker of that kind takes them.
+ServedBy = Literal["kernel", "llm", "tools"]
+
+
 @dataclass(frozen=True)
 class Syscall:
-    """A catalogue entry: name, argument model, result model, one-line summary."""
+    """A catalogue entry: name, argument model, result model, one-line summary, who serves it."""
 
     name: str
     args: type[BaseModel]
     result: type[BaseModel]
     summary: str
+    served_by: ServedBy = "kernel"
+
+    @property
+    def leased(self) -> bool:
+        """Whether a worker or tool runner serves it (under a lease) rather than the scheduler."""
+        return self.served_by != "kernel"
 
 
 CATALOGUE: dict[str, Syscall] = {
@@ -167,7 +178,7 @@ CATALOGUE: dict[str, Syscall] = {
         Syscall("memory.update", MemoryUpdateArgs, Note, "Change a note's content, tags or metadata."),
         Syscall("memory.delete", MemoryDeleteArgs, NoteRef, "Delete a note."),
         Syscall("memory.search", MemorySearchArgs, SearchResult, "Rank notes against a query."),
-        Syscall("llm.chat", LlmChatArgs, LlmChatResult, "Generate the next assistant message (served by a worker)."),
+        Syscall("llm.chat", LlmChatArgs, LlmChatResult, "Generate the next assistant message (served by a worker).", "llm"),
         Syscall("context.create", ContextCreateArgs, SessionInfo, "Start a conversation session."),
         Syscall("context.get", ContextRef, Session, "Fetch a session with its messages."),
         Syscall("context.append", ContextAppendArgs, SessionInfo, "Add messages to a session."),
@@ -182,8 +193,23 @@ CATALOGUE: dict[str, Syscall] = {
         Syscall("storage.rollback", StorageRollbackArgs, FileWritten, "Restore a kept version as a new version."),
         Syscall("storage.share", StorageShareArgs, ShareList, "Let an agent or group read or write a path."),
         Syscall("storage.unshare", StorageUnshareArgs, ShareList, "Withdraw a share."),
-        Syscall("tool.call", ToolCallArgs, ToolCallResult, "Run a registered tool in a sandbox (served by aiosd tools)."),
+        Syscall("tool.call", ToolCallArgs, ToolCallResult, "Run a registered tool in a sandbox (served by aiosd tools).", "tools"),
         Syscall("tool.list", ToolListArgs, ToolListResult, "List the tools the caller may call, with their schemas."),
         Syscall("syscall.result", ResultArgs, StoredResult, "Fetch a syscall's stored reply by id."),
     )
 }
+
+
+def served_by(syscall: str) -> ServedBy:
+    """Who serves ``syscall`` (the kinds table above is the only place that decides it).
+
+    A name outside the catalogue is never accepted, so it is never served: ``kernel``.
+    """
+    spec = CATALOGUE.get(syscall)
+    return spec.served_by if spec is not None else "kernel"
+
+
+def is_leased(syscall: str) -> bool:
+    """Whether ``syscall`` is leased to a worker or tool runner."""
+    return served_by(syscall) != "kernel"
+

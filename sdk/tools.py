@@ -9,9 +9,13 @@ in an OpenAI-style function tool); ``tool.call`` runs one.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import AiosdError
+from .protocol import ErrorCode
 
 #: Tool names: what OpenAI-style function calling accepts, lower case, no dots.
 TOOL_NAME = r"^[a-z][a-z0-9_]{0,63}$"
@@ -65,3 +69,31 @@ class ToolListResult(_Result):
     """``tool.list`` result, by name."""
 
     tools: list[ToolInfo]
+
+
+# -- what a tool runner and the kernel agree on -------------------------------
+
+
+class ToolFailure(AiosdError):
+    """A call that did not produce a result; ``code`` is the protocol error code for the caller."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class FileBytes:
+    """One version of a stored file."""
+
+    path: str
+    version: int
+    content_type: str
+    data: bytes
+
+
+class StorageReader(Protocol):
+    """Reads one agent's stored files; raises :class:`ToolFailure` (``not_found``...) when it cannot."""
+
+    def read(self, agent: str, path: str, version: int | None) -> FileBytes: ...

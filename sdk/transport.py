@@ -9,7 +9,6 @@ is serialised by a lock so any thread may call it.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 import uuid
@@ -168,7 +167,7 @@ class Transport:
                 while not self._stop.is_set():
                     try:
                         conn.drain_events(timeout=0.5)
-                    except socket.timeout:
+                    except TimeoutError:
                         conn.heartbeat_check()
         finally:
             conn.release()

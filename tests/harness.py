@@ -97,7 +97,7 @@ class World:
 
 def aiosd_command(*args: str) -> list[str]:
     """The argv that runs the installed ``aiosd`` CLI with this interpreter."""
-    return [sys.executable, "-m", "aiosd.daemon.cli", *args]
+    return [sys.executable, "-m", "aiosd.daemon.admin.cli", *args]
 
 
 class SchedulerProcess:

@@ -14,7 +14,17 @@ from typing import Any
 
 import pika
 
-from aiosd.sdk.cluster import EVENTS_QUEUE, WORKER_EXCHANGE, Goodbye, Heartbeat, Lease, Outcome, WorkerState, decode_lease, worker_queue
+from aiosd.sdk.cluster import (
+    EVENTS_QUEUE,
+    WORKER_EXCHANGE,
+    Goodbye,
+    Heartbeat,
+    Lease,
+    Outcome,
+    WorkerState,
+    decode_lease,
+    worker_queue,
+)
 from aiosd.sdk.protocol import Usage
 
 

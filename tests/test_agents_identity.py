@@ -13,8 +13,8 @@ import pika.exceptions
 import pytest
 import yaml
 
-from aiosd.daemon.brokeradmin import agent_permissions
-from aiosd.daemon.policy import Policy, parse_policy
+from aiosd.daemon.access.policy import Policy, parse_policy
+from aiosd.daemon.admin.broker import agent_permissions
 from aiosd.sdk import CallError, Client
 
 from .harness import ROOT, AgentRegistry, SchedulerProcess, World, management
@@ -149,9 +149,8 @@ def test_unregistered_identity_is_denied_by_default(shared_world: World, registr
         api.put(f"/users/{name}", json={"password": "pw", "tags": ""}).raise_for_status()
         api.put(f"/permissions/{quote(shared_world.vhost, safe='')}/{name}", json=agent_permissions(name)).raise_for_status()
     registry.names.append(name)
-    with Client(shared_world.amqp_url(name, "pw"), timeout=20) as client:
-        with pytest.raises(CallError) as err:
-            client.memory.add("hello?")
+    with Client(shared_world.amqp_url(name, "pw"), timeout=20) as client, pytest.raises(CallError) as err:
+        client.memory.add("hello?")
     assert err.value.code == "denied" and "no policy" in err.value.message
 
 

@@ -14,8 +14,8 @@ import pymongo
 import pytest
 from bson import ObjectId
 
-from aiosd.daemon.audit import AuditLog, Decision, record_hash
-from aiosd.daemon.auditlog import verify
+from aiosd.daemon.audit.chain import AuditLog, Decision, record_hash
+from aiosd.daemon.audit.reader import verify
 from aiosd.sdk import Client
 
 from .harness import MONGO_URL, ROOT, SchedulerProcess, World, aiosd_cli, aiosd_command
@@ -52,7 +52,7 @@ def test_concurrent_writers_keep_one_unbroken_chain(audit: Collection) -> None:
 def test_concurrent_processes_keep_one_unbroken_chain(world: World, audit: Collection) -> None:
     script = (
         "import sys, pymongo\n"
-        "from aiosd.daemon.audit import AuditLog, Decision\n"
+        "from aiosd.daemon.audit.chain import AuditLog, Decision\n"
         "col = pymongo.MongoClient(sys.argv[1], tz_aware=True)[sys.argv[2]]['audit']\n"
         "log = AuditLog(col)\n"
         "for i in range(40):\n"

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from aiosd.daemon.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_UNAVAILABLE, ConfigError
-from aiosd.daemon.settings import Settings, load_settings
 from aiosd.sdk import Client
+from aiosd.sdk.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_UNAVAILABLE, ConfigError
+from aiosd.sdk.process.settings import Settings, load_settings
 
 from .harness import SchedulerProcess, World, aiosd_command
 

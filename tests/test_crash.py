@@ -46,7 +46,7 @@ class Calls:
     def _run(self, world: World) -> None:
         try:
             asyncio.run(self._scenario(world))
-        except BaseException as exc:  # noqa: BLE001 -- re-raised by result()
+        except BaseException as exc:
             self.error = exc
 
     async def _scenario(self, world: World) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from aiosd.sdk import Client, Reply
 
-from .harness import SchedulerProcess, World
+from .harness import World
 from .rawamqp import RawAgent
 from .scripted_worker import ScriptedWorker, chat_args, wait_until
 

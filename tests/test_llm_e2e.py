@@ -10,7 +10,7 @@ from typing import Any
 
 from aiosd.sdk import Client
 
-from .harness import SchedulerProcess, WorkerProcess, World
+from .harness import WorkerProcess, World
 from .scripted_worker import wait_until
 
 QUESTION = [

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from aiosd.daemon.ranking import rank
+from aiosd.daemon.services.memory.ranking import rank
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 CORPUS = [
     ("the quarterly report is due on friday", ["work"]),

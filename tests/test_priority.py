@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from aiosd.daemon.amqp import declare_topology
+from aiosd.daemon.transport.broker import declare_topology
 from aiosd.sdk import Client
 from aiosd.sdk.protocol import INGRESS_QUEUE, Reply, Status
 

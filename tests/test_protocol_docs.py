@@ -49,7 +49,7 @@ def test_docs_cover_every_syscall_status_and_code() -> None:
 
 
 def test_readme_documents_every_setting() -> None:
-    from aiosd.daemon.settings import Settings
+    from aiosd.sdk.process.settings import Settings
 
     readme = (ROOT / "README.md").read_text()
     missing = [f for f in Settings.model_fields if f"`{f}`" not in readme and f"AIOSD_{f.upper()}" not in readme]

@@ -11,10 +11,10 @@ from typing import Any
 import pymongo
 import pytest
 
-from aiosd.daemon.counters import Counters, period_amounts, period_window, rate_window
+from aiosd.daemon.access.counters import Counters, period_amounts, period_window, rate_window
 from aiosd.sdk import Client, Reply
 
-from .harness import MONGO_URL, AgentRegistry, SchedulerProcess, World
+from .harness import MONGO_URL, AgentRegistry, World
 from .rawamqp import RawAgent
 from .scripted_worker import ScriptedWorker, chat_args
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from aiosd.daemon.sessions import fit
+from aiosd.daemon.services.sessions import fit
 from aiosd.sdk import CallError, Client
 
 from .harness import WorkerProcess, World

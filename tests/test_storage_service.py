@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 
-from aiosd.daemon.access import Policies
-from aiosd.daemon.agents import AGENTS, Directory
-from aiosd.daemon.context import CallContext
-from aiosd.daemon.counters import Counters
+from aiosd.daemon.access.authorizer import Policies
+from aiosd.daemon.access.counters import Counters
+from aiosd.daemon.access.directory import AGENTS, Directory
+from aiosd.daemon.access.policy import Policy
 from aiosd.daemon.errors import NotFound, QuotaExceeded
-from aiosd.daemon.policy import Policy
-from aiosd.daemon.storage import StorageService
-from aiosd.daemon.storageguard import PolicyStorageGuard, storage_key
+from aiosd.daemon.services.context import CallContext
+from aiosd.daemon.services.storage.guard import PolicyStorageGuard, storage_key
+from aiosd.daemon.services.storage.service import StorageService
 from aiosd.sdk.storage import StorageReadArgs, StorageWriteArgs
 
 from .harness import World

@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from aiosd.daemon.access.policy import SAFE_TOOLS, Policy, parse_policy
 from aiosd.daemon.errors import InvalidPolicy
-from aiosd.daemon.policy import SAFE_TOOLS, Policy, parse_policy
-from aiosd.daemon.settings import Settings
-from aiosd.daemon.toolkit import Tool, ToolError
-from aiosd.daemon.toolregistry import ToolRegistry
-from aiosd.daemon.tools import ToolService
+from aiosd.daemon.services.tools import ToolService
 from aiosd.sdk.cluster import Lease
+from aiosd.sdk.process.settings import Settings
 from aiosd.sdk.protocol import ErrorCode
-from aiosd.sdk.tools import ToolCallArgs
-from aiosd.workers.sandbox import Job, Limits, ToolFailure, run_job
+from aiosd.sdk.registry import ToolRegistry
+from aiosd.sdk.toolkit import Tool, ToolError
+from aiosd.sdk.tools import ToolCallArgs, ToolFailure
+from aiosd.workers.sandbox import Job, Limits, run_job
 from aiosd.workers.stdtools import evaluate, parse_path, query
 from aiosd.workers.toolrunner import ToolEngine, tools_config
 
@@ -129,7 +129,7 @@ def test_registry_skips_invalid_declarations() -> None:
     assert list(registry.tools) == ["good"]
     problems = "\n".join(registry.errors)
     for says in ("already taken", "not a valid JSON Schema", "type 'object'", "timeout <= max_timeout",
-                 "declared as 'good'", "not an aiosd.daemon.toolkit.Tool", "cannot be imported"):
+                 "declared as 'good'", "not an aiosd.sdk.toolkit.Tool", "cannot be imported"):
         assert says in problems, says
     assert len(registry.errors) == 8
 
@@ -242,4 +242,4 @@ def test_runner_checks_the_lease_and_caps_the_timeout(test_tools: None, tmp_path
 
 def _lease(args: dict[str, Any]) -> Lease:
     return Lease(lease_id="l1", key="agent-a/c1", agent="agent-a", call_id="c1", syscall="tool.call", args=args,
-                 expires_at=datetime.now(timezone.utc) + timedelta(seconds=30))
+                 expires_at=datetime.now(UTC) + timedelta(seconds=30))

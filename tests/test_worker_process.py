@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+
 from aiosd.sdk.cluster import (
     EVENTS_QUEUE,
     WORKER_EXCHANGE,
@@ -28,7 +29,7 @@ from aiosd.sdk.cluster import (
 )
 from aiosd.sdk.protocol import ErrorCode, encode, utcnow
 
-from .harness import World, WorkerProcess, aiosd_command, management
+from .harness import WorkerProcess, World, aiosd_command, management
 
 Event = Heartbeat | Goodbye | Outcome
 STORY = [{"role": "user", "content": "Tell me a long story about a brave knight."}]

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosd.daemon.errors import ConfigError
-from aiosd.daemon.settings import Settings
+
 from aiosd.sdk.cluster import Lease, Snapshot
+from aiosd.sdk.errors import ConfigError
+from aiosd.sdk.process.settings import Settings
 from aiosd.sdk.protocol import ErrorCode
 from aiosd.workers.backends.base import (
     BackendBadRequest,
@@ -23,7 +24,7 @@ from aiosd.workers.calls import chat_request, classify
 from aiosd.workers.check import judge
 from aiosd.workers.config import worker_config
 
-NOW = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 
 def _settings(**fields: Any) -> Settings:

@@ -11,10 +11,11 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
+from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
-from aiosd.daemon.settings import Settings
-from aiosd.daemon.store import Store
+from aiosd.sdk.cluster import WORKERS_COLLECTION
+from aiosd.sdk.process.settings import Settings
 
 #: Heartbeats a worker may miss before the check calls it stale.
 STALE_BEATS = 3
@@ -25,13 +26,16 @@ def check_worker(settings: Settings, now: datetime | None = None) -> tuple[bool,
     worker_id = settings.worker_id
     if not worker_id:
         return False, "no worker id: pass --worker-id or set AIOSD_WORKER_ID"
-    store = Store(settings.mongo_url, settings.mongo_db, timeout=min(settings.connect_timeout, 5.0))
+    timeout_ms = int(min(settings.connect_timeout, 5.0) * 1000)
+    client: MongoClient[dict[str, Any]] = MongoClient(
+        settings.mongo_url, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms, tz_aware=True
+    )
     try:
-        doc = store.workers.find_one({"_id": worker_id})
+        doc = client[settings.mongo_db][WORKERS_COLLECTION].find_one({"_id": worker_id})
     except PyMongoError as exc:
         return False, f"cannot read MongoDB: {type(exc).__name__}"
     finally:
-        store.close()
+        client.close()
     return judge(worker_id, doc, settings.heartbeat_interval * STALE_BEATS, now or datetime.now(timezone.utc))
 
 

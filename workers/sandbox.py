@@ -30,8 +30,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from aiosd.daemon.logs import get_logger
+from aiosd.sdk.process.logs import get_logger
 from aiosd.sdk.protocol import ErrorCode
+from aiosd.sdk.tools import ToolFailure
 
 log = get_logger(__name__)
 
@@ -42,15 +43,6 @@ STDERR_TAIL = 2000
 
 #: ``(agent, service, params) -> result``: a kernel service a child asked for.
 Serve = Callable[[str, str, dict[str, Any]], Awaitable[Any]]
-
-
-class ToolFailure(Exception):
-    """A call that did not produce a result; ``code`` is the protocol error code for the caller."""
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from aiosd.daemon.toolkit import Tool, ToolContext, ToolError
+from aiosd.sdk.toolkit import Tool, ToolContext, ToolError
 
 # -- calculator ------------------------------------------------------------------------
 

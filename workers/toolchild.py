@@ -29,7 +29,7 @@ import traceback
 from pathlib import Path
 from typing import IO, Any
 
-from aiosd.daemon.toolkit import TOOL_ERROR_CODES, Tool, ToolContext, ToolError, resolve
+from aiosd.sdk.toolkit import TOOL_ERROR_CODES, Tool, ToolContext, ToolError, resolve
 
 MIB = 1024 * 1024
 PR_SET_PDEATHSIG = 1

@@ -20,19 +20,20 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from aiosd.daemon.errors import ConfigError
-from aiosd.daemon.logs import get_logger
-from aiosd.daemon.settings import Settings
-from aiosd.daemon.toolregistry import ToolRegistry
 from aiosd.sdk.cluster import Lease, Outcome
+from aiosd.sdk.errors import ConfigError
+from aiosd.sdk.process.logs import get_logger
+from aiosd.sdk.process.settings import Settings
 from aiosd.sdk.protocol import ErrorCode, describe_validation
-from aiosd.sdk.tools import ToolCallArgs, ToolCallResult
+from aiosd.sdk.registry import ToolRegistry
+from aiosd.sdk.syscalls import served_by
+from aiosd.sdk.tools import ToolCallArgs, ToolCallResult, ToolFailure
 
 from .backends.base import ModelInfo
 from .calls import released_outcome
 from .config import WorkerConfig, default_worker_id
 from .engine import Probe
-from .sandbox import Job, Limits, Serve, ToolFailure, run_job
+from .sandbox import Job, Limits, Serve, run_job
 
 log = get_logger(__name__)
 
@@ -92,7 +93,7 @@ class ToolEngine:
 
     def job(self, lease: Lease) -> Job:
         """The child's job for ``lease``; :class:`ToolFailure` (``invalid_args``) if it cannot run here."""
-        if lease.syscall != "tool.call":
+        if served_by(lease.syscall) != "tools":
             raise ToolFailure(ErrorCode.INVALID_ARGS, f"a tool runner does not serve {lease.syscall}")
         try:
             call = ToolCallArgs.model_validate(lease.args)

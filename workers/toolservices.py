@@ -12,28 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from aiosd.sdk.protocol import ErrorCode
-
-from .sandbox import ToolFailure
-
-
-@dataclass(frozen=True)
-class FileBytes:
-    """One version of a stored file."""
-
-    path: str
-    version: int
-    content_type: str
-    data: bytes
-
-
-class StorageReader(Protocol):
-    """Reads one agent's stored files; raises :class:`ToolFailure` (``not_found``...) when it cannot."""
-
-    def read(self, agent: str, path: str, version: int | None) -> FileBytes: ...
+from aiosd.sdk.tools import StorageReader, ToolFailure
 
 
 class KernelServices:

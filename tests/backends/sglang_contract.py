@@ -106,10 +106,10 @@ class ContractState:
 class _Handler(BaseHTTPRequestHandler):
     server: ContractServer
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # keep pytest output clean
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib name
+    def do_GET(self) -> None:
         state = self.server.state
         if self.path == "/health":
             with state.lock:
@@ -128,7 +128,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._json(404, {"detail": "Not Found"})
 
-    def do_POST(self) -> None:  # noqa: N802 - stdlib name
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
         state = self.server.state
         if self.path == "/generate":

@@ -10,10 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
+from sglang_contract import free_port
+
 from aiosd.workers.backends.base import BackendUnavailable, ChatRequest, Message
 from aiosd.workers.backends.launcher import ServerSupervisor, SGLangLaunch
 from aiosd.workers.backends.sglang import SGLangBackend
-from sglang_contract import free_port
 
 FAKE = str(Path(__file__).with_name("fake_launch_server.py"))
 

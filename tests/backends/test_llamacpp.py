@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+
 from aiosd.workers.backends.base import ChatRequest, ChatResult, Message, OutputInvalid
 from aiosd.workers.backends.llamacpp import LlamaCppBackend, bundled_gguf
 

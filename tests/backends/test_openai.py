@@ -16,10 +16,11 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from sglang_contract import free_port
+
 from aiosd.workers.backends.base import BackendBadRequest, BackendUnavailable, ChatRequest, ChatResult, Message
 from aiosd.workers.backends.llamacpp import bundled_gguf
 from aiosd.workers.backends.openai import OpenAIBackend
-from sglang_contract import free_port
 
 PERSON = {
     "type": "object",

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from sglang_contract import CHATML
+
 from aiosd.workers.backends.base import (
     BackendBadRequest,
     BackendUnavailable,
@@ -18,7 +20,6 @@ from aiosd.workers.backends.base import (
 )
 from aiosd.workers.backends.http import parse_prometheus
 from aiosd.workers.backends.prompting import ChatTemplate, parse_tool_calls
-from sglang_contract import CHATML
 
 TOOL = {"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sglang_contract import ContractServer
+
 from aiosd.workers.backends.base import (
     BackendBadRequest,
     BackendUnavailable,
@@ -17,7 +19,6 @@ from aiosd.workers.backends.base import (
     OutputInvalid,
 )
 from aiosd.workers.backends.sglang import SGLangBackend
-from sglang_contract import ContractServer
 
 
 def _request(text: str = "hello there", **options: object) -> ChatRequest:

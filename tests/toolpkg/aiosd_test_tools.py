@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aiosd.daemon.toolkit import Tool, ToolContext
+from aiosd.sdk.toolkit import Tool, ToolContext
 
 MIB = 1024 * 1024
 

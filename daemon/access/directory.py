@@ -1,0 +1,89 @@
+"""Agents: broker identities plus one policy document each.
+
+The ``agents`` collection holds one small document per agent (``_id`` = the
+name = the broker user): its policy, whether it is disabled, and a revision
+that changes on every write. The scheduler reads it by ``_id`` on every
+syscall, so a change (disable, a new policy, a removed grant) applies to the
+very next call; only the parsed form is cached, keyed by that revision.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import dataclass
+
+from pymongo.collection import Collection
+from pymongo.errors import DuplicateKeyError
+
+from aiosd.daemon.access.policy import Policy
+from aiosd.daemon.errors import AgentExists, AgentNotFound
+from aiosd.daemon.store import Doc
+from aiosd.sdk.protocol import utcnow
+
+AGENTS = "agents"
+
+
+@dataclass(frozen=True)
+class Standing:
+    """An agent's current policy and whether it is disabled."""
+
+    policy: Policy
+    disabled: bool = False
+
+
+class Directory:
+    """The ``agents`` collection."""
+
+    def __init__(self, collection: Collection[Doc]) -> None:
+        self._col = collection
+        self._parsed: dict[str, tuple[str, Policy]] = {}
+        self._lock = threading.Lock()
+
+    def standing(self, name: str) -> Standing | None:
+        """The agent's policy and state, read now; ``None`` if it is not registered."""
+        doc = self._col.find_one({"_id": name}, {"policy": 1, "disabled": 1, "rev": 1})
+        if doc is None:
+            return None
+        rev = str(doc.get("rev"))
+        with self._lock:
+            cached = self._parsed.get(name)
+        if cached is None or cached[0] != rev:
+            # Validated on write; validating again protects against hand-edited documents.
+            cached = (rev, Policy.model_validate(doc.get("policy") or {}))
+            with self._lock:
+                self._parsed[name] = cached
+        return Standing(cached[1], bool(doc.get("disabled")))
+
+    def get(self, name: str) -> Doc:
+        """The agent's document; raise :class:`AgentNotFound`."""
+        doc = self._col.find_one({"_id": name})
+        if doc is None:
+            raise AgentNotFound(f"no agent {name!r} (see `aiosd agents list`)")
+        return doc
+
+    def all(self) -> list[Doc]:
+        """Every agent document, by name."""
+        return list(self._col.find({}).sort("_id", 1))
+
+    def create(self, name: str, policy: Policy, external: bool) -> None:
+        """Register ``name``; raise :class:`AgentExists` if it is registered already."""
+        now = utcnow()
+        doc = {"_id": name, "policy": policy.model_dump(mode="json"), "disabled": False, "external": external,
+               "rev": uuid.uuid4().hex, "created_at": now, "updated_at": now}
+        try:
+            self._col.insert_one(doc)
+        except DuplicateKeyError as exc:
+            raise AgentExists(f"agent {name!r} already exists") from exc
+
+    def update(self, name: str, fields: Doc) -> None:
+        """Set ``fields`` on the agent's document (new revision); raise :class:`AgentNotFound`."""
+        changes = {**fields, "rev": uuid.uuid4().hex, "updated_at": utcnow()}
+        if self._col.update_one({"_id": name}, {"$set": changes}).matched_count == 0:
+            raise AgentNotFound(f"no agent {name!r} (see `aiosd agents list`)")
+
+    def delete(self, name: str) -> None:
+        """Forget the agent's document."""
+        self._col.delete_one({"_id": name})
+
+

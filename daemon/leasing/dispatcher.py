@@ -1,0 +1,165 @@
+"""The dispatcher thread: admission, leasing, lease expiry and dead workers.
+
+Each round it (1) re-queues calls whose lease expired and those held by
+workers that stopped heartbeating, then (2) leases queued calls, in the
+policy's order, to workers with free capacity — never more than a worker's
+capacity, so the backlog waits in MongoDB, not in worker memory. It wakes
+when something changes (a call queued, a worker freed) and at least every
+``IDLE_WAIT`` seconds.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from aiosd.daemon.leasing.book import LeaseBook
+from aiosd.daemon.leasing.caps import LlmCaps
+from aiosd.daemon.leasing.fleet import Member
+from aiosd.daemon.leasing.ordering import Ordering
+from aiosd.daemon.leasing.routing import Router
+from aiosd.daemon.leasing.work import LeasedWork
+from aiosd.daemon.store import Doc
+from aiosd.sdk.cluster import Lease, Snapshot
+from aiosd.sdk.process.logs import get_logger
+from aiosd.sdk.protocol import ErrorCode, utcnow
+from aiosd.sdk.syscalls import served_by
+
+log = get_logger(__name__)
+
+IDLE_WAIT = 0.5
+#: Queued calls considered per round, per free worker slot.
+WINDOW_PER_SLOT = 4
+MIN_WINDOW = 32
+
+PublishLease = Callable[[str, bytes], None]
+
+
+class Dispatcher:
+    """Runs the leasing loop on its own thread."""
+
+    def __init__(
+        self,
+        work: LeasedWork,
+        ordering: Ordering,
+        router: Router,
+        publish: PublishLease,
+        wakeup: threading.Event,
+        *,
+        lease_ttl: float,
+        caps: LlmCaps | None = None,
+    ) -> None:
+        self._llm = work
+        self._book: LeaseBook = work.book
+        self._policy = ordering
+        self._router = router
+        self._publish = publish
+        self._lease_ttl = lease_ttl
+        self._caps = caps
+        self._wake = wakeup
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="aiosd-dispatcher", daemon=True)
+
+    def start(self) -> None:
+        """Start the loop."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the loop and wait for the round in progress."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=10)
+
+    def wake(self) -> None:
+        """Run a round soon (thread-safe)."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(IDLE_WAIT)
+            self._wake.clear()
+            try:
+                self.round()
+            except Exception:  # a failing round must not kill leasing; the next one retries
+                log.exception("dispatch_round_failed")
+                self._stop.wait(1.0)
+
+    def round(self) -> None:
+        """One pass: reap, expire, lease."""
+        for worker in self._llm.fleet.silent():
+            log.warning("worker_dead", worker=worker)
+            self._llm.lost(worker, reason=f"worker {worker} stopped heartbeating")
+        for doc in self._book.expired():
+            self._llm.expire(doc, reason="lease expired")
+        self._lease()
+
+    def _lease(self) -> None:
+        members = self._llm.fleet.snapshot()
+        free = sum(m.free for m in members.values())
+        if free == 0:
+            return
+        window = max(free * WINDOW_PER_SLOT, MIN_WINDOW)
+        queued = self._policy.order(self._book.queued(window, self._policy.sort))
+        caps = self._caps.begin() if self._caps is not None and queued else None
+        for doc in queued:
+            if free == 0:
+                break
+            if doc.get("deadline") is not None and doc["deadline"] < utcnow():
+                self._llm.fail(doc, None, ErrorCode.DEADLINE_EXCEEDED, "deadline passed while the call was queued")
+                continue
+            capped = caps if served_by(doc["syscall"]) == "llm" else None  # tool calls do not count
+            if capped is not None and not capped.admits(doc["agent"]):
+                continue  # the agent holds its max_concurrent_llm: its calls wait, others go
+            worker = self._router.choose(doc, members)
+            if worker is None:
+                self._unservable(doc, members)
+                continue
+            if self._grant(doc, worker, members[worker]):
+                free -= 1
+                if capped is not None:
+                    capped.took(doc["agent"])
+
+    def _grant(self, doc: Doc, worker: str, member: Member) -> bool:
+        leased = self._book.grant(doc["_id"], worker, self._lease_ttl)
+        if leased is None:
+            return False  # settled or failed meanwhile
+        lease_doc = leased["lease"]
+        member.leases.add(lease_doc["id"])
+        self._llm.fleet.assign(worker, lease_doc["id"])
+        self._router.served(doc, worker)
+        snapshot = leased.get("snapshot")
+        lease = Lease(
+            lease_id=lease_doc["id"],
+            key=leased["_id"],
+            agent=leased["agent"],
+            call_id=leased["id"],
+            syscall=leased["syscall"],
+            args=_lease_args(leased),
+            resume=Snapshot(**snapshot) if snapshot else None,
+            slice_tokens=self._policy.slice_tokens,
+            attempt=int(leased.get("attempts") or 1),
+            expires_at=lease_doc["expires_at"],
+        )
+        self._publish(worker, lease.model_dump_json().encode())
+        log.debug("leased", key=leased["_id"], worker=worker, lease=lease.lease_id, attempt=lease.attempt)
+        return True
+
+    def _unservable(self, doc: Doc, members: dict[str, Member]) -> None:
+        if served_by(doc["syscall"]) != "llm":
+            return  # tool calls wait for a tool runner
+        model = (doc.get("args") or {}).get("model")
+        served = {m.state.model for m in members.values() if m.state.kind == "llm"}
+        if model and members and model not in served:
+            self._llm.fail(
+                doc, None, ErrorCode.INVALID_ARGS,
+                f"no worker serves model {model!r}; served: {', '.join(sorted(served))}",
+            )
+
+
+def _lease_args(record: Doc) -> dict[str, Any]:
+    """The arguments a worker gets: a session call's fixed prompt replaces its own messages."""
+    args = dict(record.get("args") or {})
+    if record.get("prompt") is not None:
+        args["messages"] = record["prompt"]
+    return args

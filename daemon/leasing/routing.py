@@ -1,0 +1,64 @@
+"""Routing: which worker gets a call.
+
+A call whose session, or else system prompt, a worker served recently goes
+back to that worker, whose radix/prefix cache already holds the prefix, unless
+that worker is busier than the least loaded one by more than ``slack`` calls.
+Otherwise the least loaded worker (by fraction of capacity) wins.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+
+from aiosd.daemon.leasing.fleet import Member
+from aiosd.daemon.store import Doc
+from aiosd.sdk.syscalls import served_by
+
+MAX_REMEMBERED = 10_000
+
+
+class Router:
+    """Picks a worker for each call; remembers which worker served which prefix."""
+
+    def __init__(self, slack: int) -> None:
+        self._slack = slack
+        self._seen: OrderedDict[str, str] = OrderedDict()
+
+    def choose(self, record: Doc, members: dict[str, Member]) -> str | None:
+        """The worker to lease ``record`` to, or ``None`` if none can take it."""
+        kind = served_by(record["syscall"])
+        model = (record.get("args") or {}).get("model") if kind == "llm" else None
+        able = {
+            wid: m for wid, m in members.items()
+            if m.free > 0 and m.state.kind == kind and (not model or m.state.model == model)
+        }
+        if not able:
+            return None
+        least = min(able, key=lambda wid: (able[wid].load, -able[wid].free, wid))
+        key = affinity_key(record)
+        preferred = self._seen.get(key) if key else None
+        if preferred in able and len(able[preferred].leases) <= len(able[least].leases) + self._slack:
+            return preferred
+        return least
+
+    def served(self, record: Doc, worker: str) -> None:
+        """Remember that ``worker`` now holds ``record``'s prefix."""
+        key = affinity_key(record)
+        if key is None:
+            return
+        self._seen[key] = worker
+        self._seen.move_to_end(key)
+        while len(self._seen) > MAX_REMEMBERED:
+            self._seen.popitem(last=False)
+
+
+def affinity_key(record: Doc) -> str | None:
+    """The prefix a call shares with others: its session, else its system prompt."""
+    if record.get("session"):
+        return f"session:{record['agent']}:{record['session']}"
+    messages = (record.get("args") or {}).get("messages") or []
+    system = next((m.get("content") or "" for m in messages if m.get("role") == "system"), "")
+    if not system:
+        return None
+    return "system:" + hashlib.sha256(system.encode()).hexdigest()[:32]

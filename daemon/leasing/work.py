@@ -1,0 +1,216 @@
+"""The leased-work service: queue syscalls served by workers, lease them, settle outcomes.
+
+Accepted syscalls that the catalogue marks as leased (``llm.chat`` for LLM
+workers, ``tool.call`` for tool runners) are queued in MongoDB (their live records), not
+in memory and not in worker queues: the :class:`~.dispatcher.Dispatcher`
+leases them to workers with room, in the policy's order. Worker events arrive
+here: heartbeats extend leases, outcomes settle, re-queue (time slice over) or
+fail a call, goodbyes hand everything back.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pymongo.collection import Collection
+
+from aiosd.daemon.leasing.book import LeaseBook
+from aiosd.daemon.leasing.fleet import Fleet
+from aiosd.daemon.pipeline.records import Envelope, elapsed_ms, envelope_from_record
+from aiosd.daemon.services.sessions import SessionService, fit
+from aiosd.daemon.store import Doc
+from aiosd.sdk.cluster import Goodbye, Heartbeat, Outcome
+from aiosd.sdk.llm import LlmChatResult
+from aiosd.sdk.process.logs import get_logger
+from aiosd.sdk.protocol import ErrorCode, Reply, Timings, Usage, utcnow
+from aiosd.sdk.syscalls import served_by
+
+log = get_logger(__name__)
+
+Finish = Callable[[Envelope, Reply], None]
+
+
+class LeasedWork:
+    """Scheduler side of leased syscalls (LLM calls and tool calls)."""
+
+    def __init__(
+        self,
+        book: LeaseBook,
+        fleet: Fleet,
+        usage: Collection[Doc],
+        sessions: SessionService,
+        finish: Finish,
+        wakeup: threading.Event,
+        *,
+        lease_ttl: float,
+        max_attempts: int,
+        on_usage: Callable[[str, Usage], None] | None = None,
+        may_retry: Callable[[Doc], bool] | None = None,
+    ) -> None:
+        self.book = book
+        self.fleet = fleet
+        self._usage = usage
+        self._sessions = sessions
+        self._finish = finish
+        self._wakeup = wakeup
+        self._lease_ttl = lease_ttl
+        self._max_attempts = max_attempts
+        self._on_usage = on_usage
+        #: Whether a call whose lease was lost may run again (not an irreversible tool's).
+        self._may_retry = may_retry or (lambda _doc: True)
+
+    def _wake(self) -> None:
+        self._wakeup.set()  # the dispatcher runs a round soon
+
+    def submit(self, env: Envelope) -> None:
+        """Queue an accepted syscall for a worker (with its session's history, if any)."""
+        if self.book.enqueue(env.key, self._prompt(env)):
+            log.debug("llm_queued", message_id=env.message_id, agent=env.agent)
+            self._wake()
+
+    def _prompt(self, env: Envelope) -> list[dict[str, Any]] | None:
+        req = env.request
+        if req.session is None or served_by(req.syscall) != "llm":
+            return None
+        own = list(req.args.get("messages") or [])
+        history = self._sessions.history(env.agent, req.session)
+        context = min(self.fleet.context_lengths(), default=0)
+        return fit(history, own, context, int(req.args.get("max_tokens") or 256))
+
+    # -- worker events -----------------------------------------------------------
+
+    def on_event(self, event: Heartbeat | Goodbye | Outcome) -> None:
+        """Apply one worker event."""
+        if isinstance(event, Heartbeat):
+            self._heartbeat(event)
+        elif isinstance(event, Goodbye):
+            log.info("worker_goodbye", worker=event.worker_id)
+            self.lost(event.worker_id, reason="worker stopped")
+        else:
+            self._outcome(event)
+
+    def _heartbeat(self, beat: Heartbeat) -> None:
+        state = beat.worker
+        if self.fleet.heartbeat(state):
+            log.info("worker_registered", worker=state.worker_id, model=state.model, capacity=state.capacity, backend=state.backend)
+        self.book.extend(state.worker_id, state.leases, self._lease_ttl)
+        self._wake()
+
+    def _outcome(self, out: Outcome) -> None:
+        self.fleet.release(out.worker_id, out.lease_id)
+        self._wake()
+        if out.status == "done":
+            self._done(out)
+        elif out.status == "slice":
+            doc = self.book.requeue(out.key, out.lease_id, snapshot=out.snapshot, usage=out.usage, run_ms=out.run_ms)
+            self._log_stale(out, doc)
+        elif out.status == "released":
+            doc = self.book.requeue(out.key, out.lease_id, snapshot=out.snapshot, usage=out.usage, run_ms=out.run_ms, refund_attempt=True)
+            self._log_stale(out, doc)
+        else:
+            self._error(out)
+
+    def _done(self, out: Outcome) -> None:
+        doc = self.book.settle(out.key, out.lease_id, out.usage, out.run_ms)
+        if doc is None:
+            self._log_stale(out, None)
+            return
+        env = envelope_from_record(doc)
+        usage = Usage(**doc.get("usage") or {})
+        if served_by(env.request.syscall) == "tools":
+            result: dict[str, Any] = out.result or {}
+        else:
+            result = _chat_result(out, doc)
+            self._account(env.agent, usage)
+            self._remember(env, out)
+        run_ms = float(doc.get("run_ms") or 0.0)
+        timings = Timings(queue_ms=round(max(elapsed_ms(env.received_at) - run_ms, 0.0), 3), run_ms=round(run_ms, 3))
+        self._finish(env, Reply.ok(env.message_id, env.request.syscall, result, usage=usage, timings=timings))
+
+    def _remember(self, env: Envelope, out: Outcome) -> None:
+        """Extend the call's session with its messages and the answer."""
+        if env.request.session is None:
+            return
+        answer: dict[str, Any] = {"role": "assistant", "content": out.text}
+        if out.tool_calls:
+            answer["tool_calls"] = out.tool_calls
+        own = list(env.request.args.get("messages") or [])
+        self._sessions.extend(env.agent, env.request.session, [*own, answer])
+
+    def _error(self, out: Outcome) -> None:
+        code = out.error_code or ErrorCode.INTERNAL
+        message = out.error_message or "the worker failed the call"
+        if out.retryable:
+            doc = self.book.requeue(out.key, out.lease_id, usage=out.usage, run_ms=out.run_ms)
+            if doc is not None and int(doc.get("attempts") or 0) >= self._max_attempts:
+                self.fail(doc, None, code, f"{message} (gave up after {doc['attempts']} attempts)")
+            self._log_stale(out, doc)
+            return
+        doc = self.book.give_up(out.key, out.lease_id)
+        if doc is None:
+            self._log_stale(out, None)
+            return
+        self.fail(doc, out.lease_id, code, message, claimed=True)
+
+    def _log_stale(self, out: Outcome, doc: Doc | None) -> None:
+        if doc is None:
+            # The lease expired and the call moved on (or another outcome won): first completion wins.
+            log.warning("stale_outcome_dropped", worker=out.worker_id, lease=out.lease_id, key=out.key, status=out.status)
+
+    # -- lost leases ---------------------------------------------------------------
+
+    def lost(self, worker_id: str, reason: str) -> None:
+        """A worker is gone: re-queue (or fail) every call it held, at once."""
+        self.fleet.remove(worker_id)
+        for doc in self.book.held_by(worker_id):
+            self.expire(doc, reason)
+
+    def expire(self, doc: Doc, reason: str) -> None:
+        """A lease ended without an outcome: re-queue the call, or fail it past the attempt limit."""
+        lease = doc["lease"]
+        self.fleet.release(lease["worker"], lease["id"])
+        attempts = int(doc.get("attempts") or 0)
+        if not self._may_retry(doc):
+            self.fail(doc, lease["id"], ErrorCode.UNAVAILABLE,
+                      f"{reason}: the call of an irreversible tool is not run again (it may have had its effect)")
+            return
+        if attempts >= self._max_attempts:
+            self.fail(doc, lease["id"], ErrorCode.UNAVAILABLE, f"LLM call failed: {reason}; gave up after {attempts} attempts")
+            return
+        if self.book.requeue(doc["_id"], lease["id"]) is not None:
+            log.warning("lease_requeued", key=doc["_id"], worker=lease["worker"], attempt=attempts, reason=reason)
+            self._wake()
+
+    def fail(self, doc: Doc, lease_id: str | None, code: ErrorCode, message: str, *, claimed: bool = False) -> None:
+        """Fail an LLM syscall with ``code``; a no-op if it moved on meanwhile."""
+        if not claimed and self.book.give_up(doc["_id"], lease_id) is None:
+            return
+        env = envelope_from_record(doc)
+        log.warning("llm_failed", key=doc["_id"], code=code.value, reason=message)
+        self._finish(env, Reply.failure(env.message_id, env.request.syscall, code, message, usage=Usage(**doc.get("usage") or {})))
+
+    def _account(self, agent: str, usage: Usage) -> None:
+        inc = {**usage.model_dump(), "llm_calls": 1}
+        self._usage.update_one({"_id": agent}, {"$inc": inc, "$set": {"updated_at": utcnow()}}, upsert=True)
+        if self._on_usage is not None:
+            self._on_usage(agent, usage)  # per-period accounting for token quotas
+
+
+def _chat_result(out: Outcome, doc: Doc) -> dict[str, Any]:
+    result = LlmChatResult(
+        text=out.text,
+        finish_reason=_finish_reason(out.finish_reason),
+        tool_calls=out.tool_calls,
+        model=out.model,
+        worker=out.worker_id,
+        slices=int(doc.get("slices") or 1),
+    )
+    return result.model_dump(mode="json")
+
+
+def _finish_reason(reason: str | None) -> Literal["stop", "length", "tool_calls"]:
+    if reason == "length":
+        return "length"
+    return "tool_calls" if reason == "tool_calls" else "stop"

@@ -1,0 +1,209 @@
+"""Intake: turn an AMQP delivery into an accepted envelope or a rejection.
+
+Checks run cheapest first: size, properties, identity, JSON, envelope,
+syscall name, arguments, authorization. Every failure is a :class:`Rejected`
+carrying the protocol code and a human reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ValidationError
+
+from aiosd.daemon.access.authorizer import Admission, Refused
+from aiosd.daemon.errors import DaemonError
+from aiosd.daemon.pipeline.records import Envelope
+from aiosd.daemon.transport.delivery import Delivery
+from aiosd.sdk.errors import ProtocolError
+from aiosd.sdk.protocol import (
+    MAX_MESSAGE_ID_LENGTH,
+    MAX_PRIORITY,
+    ErrorCode,
+    Request,
+    Status,
+    decode_request,
+    describe_validation,
+    reply_queue_prefix,
+)
+from aiosd.sdk.syscalls import CATALOGUE
+
+ANONYMOUS = "anonymous"
+
+
+class Rejected(DaemonError):
+    """A delivery that will not be accepted, and why.
+
+    Protocol violations are dead-lettered; policy refusals (``dead_letter=False``)
+    are only answered and audited.
+    """
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        reason: str,
+        *,
+        agent: str | None = None,
+        syscall: str | None = None,
+        status: Status = Status.ERROR,
+        dead_letter: bool = True,
+        resource: str | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.resource = resource
+        self.dead_letter = dead_letter
+        self.code = code
+        self.reason = reason
+        self.agent = agent
+        self.syscall = syscall
+        self.status = status
+
+
+class Authorizer(Protocol):
+    """Decides whether ``agent`` may make ``request``; raises :class:`~aiosd.daemon.access.authorizer.Refused` if not.
+
+    ``priority`` is the requested one (0-9); the admission may lower it.
+    """
+
+    def authorize(self, agent: str, request: Request, args: BaseModel, priority: int) -> Admission: ...
+
+
+class OwnDataAuthorizer:
+    """Allows every catalogued syscall; services scope each call to the caller's own data."""
+
+    def authorize(self, agent: str, request: Request, args: BaseModel, priority: int) -> Admission:
+        """Allow."""
+        return Admission(priority)
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A delivery that passed intake."""
+
+    envelope: Envelope
+    args: BaseModel
+    needs_approval: bool = False
+
+
+#: A further check of one syscall's validated arguments: why they are invalid, or ``None``.
+ArgsCheck = Callable[[BaseModel], str | None]
+
+
+class Intake:
+    """Validates deliveries against the protocol, the catalogue and the authorizer.
+
+    ``checks`` adds argument checks the catalogue's models cannot express
+    (``tool.call``: the named tool exists and its arguments match its schema).
+    """
+
+    def __init__(self, *, max_body_bytes: int, allow_anonymous: bool, authorizer: Authorizer,
+                 checks: dict[str, ArgsCheck] | None = None) -> None:
+        self._max_body = max_body_bytes
+        self._allow_anonymous = allow_anonymous
+        self._authorizer = authorizer
+        self._checks = checks or {}
+
+    def admit(self, d: Delivery) -> Accepted:
+        """Return the accepted envelope or raise :class:`Rejected`."""
+        agent = self._identity(d)
+        if len(d.body) > self._max_body:
+            raise Rejected(ErrorCode.TOO_LARGE, f"body is {len(d.body)} bytes; the limit is {self._max_body}", agent=agent)
+        message_id = _message_id(d, agent)
+        if not reply_allowed(agent, d.reply_to):
+            raise Rejected(
+                ErrorCode.INVALID_REQUEST,
+                f"reply_to must be one of your own reply queues ({reply_queue_prefix(agent)}*)",
+                agent=agent,
+            )
+        try:
+            request = decode_request(d.body)
+        except ProtocolError as exc:
+            raise Rejected(exc.code, exc.message, agent=agent) from exc
+        spec = CATALOGUE.get(request.syscall)
+        if spec is None:
+            raise Rejected(ErrorCode.UNKNOWN_SYSCALL, f"unknown syscall {request.syscall!r}", agent=agent, syscall=request.syscall)
+        try:
+            args = spec.args.model_validate(request.args)
+        except ValidationError as exc:
+            raise Rejected(
+                ErrorCode.INVALID_ARGS, f"invalid arguments for {request.syscall}: {describe_validation(exc)}",
+                agent=agent, syscall=request.syscall,
+            ) from exc
+        if (bad := unstorable_key(request.args)) is not None:
+            raise Rejected(
+                ErrorCode.INVALID_ARGS,
+                f"invalid arguments for {request.syscall}: key {bad!r} may not start with '$' or contain '.' or NUL",
+                agent=agent, syscall=request.syscall,
+            )
+        check = self._checks.get(request.syscall)
+        if check is not None and (problem := check(args)) is not None:
+            raise Rejected(ErrorCode.INVALID_ARGS, f"invalid arguments for {request.syscall}: {problem}",
+                           agent=agent, syscall=request.syscall)
+        try:
+            admission = self._authorizer.authorize(agent, request, args, min(max(d.priority or 0, 0), MAX_PRIORITY))
+        except Refused as no:
+            raise Rejected(no.code, no.reason, agent=agent, syscall=request.syscall, status=Status.DENIED,
+                           dead_letter=False, resource=no.resource) from no
+        envelope = Envelope(
+            agent=agent,
+            message_id=message_id,
+            request=request,
+            priority=admission.priority,
+            reply_to=d.reply_to or None,
+            correlation_id=d.correlation_id or message_id,
+            received_at=d.received_at,
+        )
+        return Accepted(envelope, args, admission.needs_approval)
+
+    def _identity(self, d: Delivery) -> str:
+        if d.user_id:
+            return d.user_id
+        if self._allow_anonymous:
+            return ANONYMOUS
+        raise Rejected(
+            ErrorCode.UNAUTHENTICATED,
+            "message has no user_id property; set it to your broker user name",
+            status=Status.DENIED,
+        )
+
+
+def reply_allowed(agent: str | None, reply_to: str | None) -> bool:
+    """Whether replies may go to ``reply_to``: only the sender's own reply queues.
+
+    Otherwise an agent could make the scheduler write into another agent's
+    queue, which the broker forbids the agent to do itself. Unknown senders
+    (no ``user_id``) and the development-only anonymous agent are not checked.
+    """
+    if not reply_to or agent is None or agent == ANONYMOUS:
+        return True
+    return reply_to.startswith(reply_queue_prefix(agent))
+
+
+def _message_id(d: Delivery, agent: str) -> str:
+    if not d.message_id:
+        raise Rejected(ErrorCode.INVALID_REQUEST, "message has no message_id property (the idempotency key)", agent=agent)
+    if len(d.message_id) > MAX_MESSAGE_ID_LENGTH or "/" in d.message_id:
+        raise Rejected(
+            ErrorCode.INVALID_REQUEST,
+            f"message_id must be 1-{MAX_MESSAGE_ID_LENGTH} characters without '/'",
+            agent=agent,
+        )
+    return d.message_id
+
+
+def unstorable_key(value: Any, path: str = "args") -> str | None:
+    """The path of the first object key MongoDB-compatible servers cannot store, if any."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}"
+            if not isinstance(key, str) or key.startswith("$") or "." in key or "\x00" in key:
+                return where
+            if (bad := unstorable_key(item, where)) is not None:
+                return bad
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if (bad := unstorable_key(item, f"{path}[{index}]")) is not None:
+                return bad
+    return None

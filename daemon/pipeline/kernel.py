@@ -1,0 +1,76 @@
+"""The kernel's syscall table: which service serves which syscall.
+
+Arguments arrive already validated against the SDK catalogue; a handler
+returns the result model or raises :class:`SyscallFailed`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel
+
+from aiosd.daemon.errors import NotFound
+from aiosd.daemon.pipeline.records import Records
+from aiosd.daemon.services.context import CallContext
+from aiosd.daemon.services.memory.service import MemoryService
+from aiosd.daemon.services.sessions import SessionService
+from aiosd.daemon.services.storage.service import StorageService
+from aiosd.daemon.services.tools import ToolService
+from aiosd.sdk.syscalls import ResultArgs, StoredResult
+
+Handler = Callable[[CallContext, Any], BaseModel]
+
+
+class Kernel:
+    """Routes a syscall to the service that serves it."""
+
+    def __init__(
+        self,
+        records: Records,
+        memory: MemoryService,
+        sessions: SessionService,
+        storage: StorageService,
+        tools: ToolService | None = None,
+    ) -> None:
+        self._records = records
+        self._table: dict[str, Handler] = {
+            "memory.add": memory.add,
+            "memory.get": memory.get,
+            "memory.update": memory.update,
+            "memory.delete": memory.delete,
+            "memory.search": memory.search,
+            "context.create": sessions.create,
+            "context.get": sessions.get,
+            "context.append": sessions.append,
+            "context.fork": sessions.fork,
+            "context.delete": sessions.delete,
+            "context.list": sessions.list_sessions,
+            "storage.write": storage.write,
+            "storage.read": storage.read,
+            "storage.list": storage.list_files,
+            "storage.stat": storage.stat,
+            "storage.delete": storage.delete,
+            "storage.rollback": storage.rollback,
+            "storage.share": storage.share,
+            "storage.unshare": storage.unshare,
+            "syscall.result": self.stored_result,
+        }
+        if tools is not None:
+            self._table["tool.list"] = tools.list_tools
+
+    def serves(self, syscall: str) -> bool:
+        """Whether this kernel has a handler for ``syscall``."""
+        return syscall in self._table
+
+    def run(self, ctx: CallContext, args: BaseModel) -> BaseModel:
+        """Serve one syscall."""
+        return self._table[ctx.syscall](ctx, args)
+
+    def stored_result(self, ctx: CallContext, args: ResultArgs) -> StoredResult:
+        """``syscall.result``: the caller's own stored reply, by id."""
+        doc = self._records.get(ctx.agent, args.id)
+        if doc is None:
+            raise NotFound(f"no syscall {args.id!r} from this agent")
+        return StoredResult(id=args.id, state=doc["state"], reply=doc.get("reply"))

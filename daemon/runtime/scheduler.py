@@ -1,0 +1,204 @@
+"""The scheduler process: the main loop that owns the AMQP connection.
+
+:func:`~.wiring.build_scheduler` builds the object graph; this class runs it.
+The main thread owns the connection and runs the loop; the syscall threads
+serve syscalls. SIGTERM stops consumption, lets in-flight work finish within
+``shutdown_timeout`` and exits 0; prefetched messages that never started go
+back to RabbitMQ when the connection closes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pika.exceptions
+
+from aiosd.daemon.pipeline.flow import RETRY_PAUSE, TRANSIENT
+from aiosd.daemon.runtime.wiring import SchedulerGraph, build_scheduler
+from aiosd.daemon.transport.broker import AMQP_ERRORS, Broker
+from aiosd.daemon.transport.delivery import Delivery
+from aiosd.sdk.cluster import EVENTS_QUEUE, decode_event
+from aiosd.sdk.errors import ProtocolError, ServiceUnavailable
+from aiosd.sdk.process.lifecycle import Lifecycle
+from aiosd.sdk.process.logs import get_logger
+from aiosd.sdk.process.settings import Settings
+from aiosd.sdk.protocol import INGRESS_QUEUE, ErrorCode
+
+log = get_logger(__name__)
+PUMP_SECONDS = 0.2
+
+
+class Scheduler:
+    """One scheduler process."""
+
+    def __init__(self, settings: Settings, lifecycle: Lifecycle, graph: SchedulerGraph | None = None) -> None:
+        self.settings = settings
+        self.lifecycle = lifecycle
+        self.graph = graph or build_scheduler(settings)
+        self.store = self.graph.store
+        self.pipeline = self.graph.pipeline
+        self.leased = self.graph.leased
+        self.dispatcher = self.graph.dispatcher
+        self.housekeeping = self.graph.housekeeping
+        self._threads = self.graph.threads
+        self._outbox = self.graph.outbox
+        self._broker: Broker | None = None
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the syscall threads, tracked as in-flight work."""
+        self._threads.submit(fn)
+
+    @property
+    def inflight(self) -> int:
+        """Tasks submitted and not finished."""
+        return self._threads.inflight
+
+    def _attach(self, broker: Broker | None) -> None:
+        self._broker = broker
+        self._outbox.attach(broker)
+
+    # -- run ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve until a stop is requested. Raises ServiceUnavailable if services never come up."""
+        try:
+            self._wait_for_store()
+            self.store.ensure_indexes()
+            self.graph.counters.ensure_indexes()
+            self._attach(self._connect(self.settings.connect_timeout))
+        except ServiceUnavailable:
+            if self.lifecycle.stop_requested.is_set():
+                self.store.close()
+                return  # asked to stop while waiting for services: a clean exit
+            raise
+        self.submit(self._recover)
+        assert self._broker is not None
+        self._consume(self._broker)
+        self.dispatcher.start()
+        self.lifecycle.ready()
+        log.info("scheduler_ready", threads=self.settings.threads, prefetch=self.settings.prefetch, policy=self.settings.policy)
+        try:
+            self._loop()
+        finally:
+            self._shutdown()
+
+    def _loop(self) -> None:
+        next_sweep = time.monotonic() + self.settings.sweep_interval
+        while not self.lifecycle.stop_requested.is_set():
+            try:
+                assert self._broker is not None
+                self._broker.pump(PUMP_SECONDS)
+                if not self._broker.is_open:
+                    raise pika.exceptions.ChannelClosed(0, "a channel closed")
+            except AMQP_ERRORS as exc:
+                log.error("broker_connection_lost", error=repr(exc))
+                self._reconnect()
+            self.lifecycle.tick()
+            self.housekeeping.tick()
+            if time.monotonic() >= next_sweep:
+                self.submit(self._sweep)
+                next_sweep = time.monotonic() + self.settings.sweep_interval
+
+    def _reconnect(self) -> None:
+        old = self._broker
+        self._attach(None)
+        if old is not None:
+            old.close()
+        while not self.lifecycle.stop_requested.is_set():
+            try:
+                broker = self._connect(5.0)
+                self._attach(broker)
+                self._consume(broker)
+                log.info("broker_reconnected")
+                return
+            except ServiceUnavailable as exc:
+                log.warning("broker_reconnect_failed", error=str(exc))
+                self.lifecycle.stop_requested.wait(2.0)
+
+    def _consume(self, broker: Broker) -> None:
+        broker.consume(INGRESS_QUEUE, self._on_delivery)
+        broker.consume(EVENTS_QUEUE, self._on_event)
+
+    def _shutdown(self) -> None:
+        self.lifecycle.stopping()
+        self.dispatcher.stop()
+        broker = self._broker
+        deadline = time.monotonic() + self.settings.shutdown_timeout
+        log.info("scheduler_stopping", inflight=self.inflight)
+        try:
+            if broker is not None:
+                broker.stop_consuming()
+                # Keep pumping so in-flight work can still ack and reply.
+                while self.inflight and time.monotonic() < deadline and broker.is_open:
+                    broker.pump(PUMP_SECONDS)
+                broker.pump(0)
+        except AMQP_ERRORS as exc:
+            log.warning("shutdown_broker_error", error=repr(exc))
+        finally:
+            self._threads.shutdown()
+            if broker is not None:
+                broker.close()
+            self.store.close()
+        log.info("scheduler_stopped", unfinished=self.inflight)
+
+    def _connect(self, timeout: float) -> Broker:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return Broker(self.settings.amqp_url, self.settings.prefetch)
+            except ServiceUnavailable as exc:
+                if time.monotonic() >= deadline or self.lifecycle.stop_requested.is_set():
+                    raise
+                log.warning("broker_unavailable_retrying", error=str(exc))
+                time.sleep(1.0)
+
+    def _wait_for_store(self) -> None:
+        deadline = time.monotonic() + self.settings.connect_timeout
+        while True:
+            try:
+                self.store.ping()
+                return
+            except ServiceUnavailable as exc:
+                if time.monotonic() >= deadline or self.lifecycle.stop_requested.is_set():
+                    raise
+                log.warning("store_unavailable_retrying", error=str(exc))
+                time.sleep(1.0)
+
+    def _on_delivery(self, d: Delivery) -> None:
+        self.submit(lambda: self.pipeline.handle(d))
+
+    def _on_event(self, d: Delivery) -> None:
+        self.submit(lambda: self._handle_event(d))
+
+    def _handle_event(self, d: Delivery) -> None:
+        try:
+            event = decode_event(d.body)
+        except ProtocolError as exc:
+            log.warning("bad_worker_event", code=exc.code.value, reason=exc.message)
+            d.dead_letter(exc.code.value, exc.message)
+            return
+        try:
+            self.leased.on_event(event)
+        except TRANSIENT as exc:
+            log.error("store_unavailable", error=str(exc))
+            time.sleep(RETRY_PAUSE)
+            d.nack(True)
+            return
+        except Exception as exc:  # as for deliveries: retrying an event the store refuses cannot help
+            log.exception("worker_event_refused")
+            d.dead_letter(ErrorCode.INTERNAL.value, f"event could not be applied: {type(exc).__name__}: {exc}")
+            return
+        d.ack()
+
+    def _recover(self) -> None:
+        count = self.pipeline.recover()
+        if count:
+            log.info("recovered", syscalls=count)
+
+    def _sweep(self) -> None:
+        # Only records old enough that no live delivery can still be serving them.
+        count = self.pipeline.recover(older_than=self.settings.sweep_interval)
+        if count:
+            log.info("sweep_recovered", syscalls=count)
+

@@ -1,0 +1,156 @@
+"""The composition root: one function builds the scheduler's object graph.
+
+Objects are built in dependency order, each given its collaborators and the
+few settings it needs; nothing is patched in afterwards. Cycles of the old
+kind (the pipeline hands work to leasing, leasing finishes calls through the
+pipeline) are cut by shared pieces built first: :class:`Completion` (how every
+call ends), the :class:`LiveOutbox` (the current connection) and the
+dispatcher's wake-up event.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+from aiosd.daemon.access.authorizer import Meter, Policies, PolicyAuthorizer
+from aiosd.daemon.access.counters import COUNTERS, Counters
+from aiosd.daemon.access.directory import AGENTS, Directory
+from aiosd.daemon.audit.chain import AuditLog
+from aiosd.daemon.leasing.book import LeaseBook
+from aiosd.daemon.leasing.caps import LlmCaps
+from aiosd.daemon.leasing.dispatcher import Dispatcher
+from aiosd.daemon.leasing.fleet import Fleet
+from aiosd.daemon.leasing.ordering import make_ordering
+from aiosd.daemon.leasing.routing import Router
+from aiosd.daemon.leasing.work import LeasedWork
+from aiosd.daemon.pipeline.approvals import APPROVALS, Approvals
+from aiosd.daemon.pipeline.completion import Completion
+from aiosd.daemon.pipeline.flow import Pipeline
+from aiosd.daemon.pipeline.intake import ANONYMOUS, Intake
+from aiosd.daemon.pipeline.kernel import Kernel
+from aiosd.daemon.pipeline.records import Records
+from aiosd.daemon.runtime.periodic import Periodic
+from aiosd.daemon.runtime.threads import SyscallThreads
+from aiosd.daemon.services.memory.guard import PolicyMemoryGuard
+from aiosd.daemon.services.memory.service import MemoryService
+from aiosd.daemon.services.sessions import SessionService
+from aiosd.daemon.services.storage.guard import PolicyStorageGuard
+from aiosd.daemon.services.storage.service import STORAGE_SWEEP_INTERVAL, StorageService
+from aiosd.daemon.services.tools import ToolService
+from aiosd.daemon.store import Store
+from aiosd.daemon.transport.outbox import LiveOutbox
+from aiosd.sdk.process.logs import get_logger
+from aiosd.sdk.process.settings import Settings
+from aiosd.sdk.registry import ToolRegistry
+
+log = get_logger(__name__)
+
+#: Seconds between prunes of ended counter windows.
+PRUNE_INTERVAL = 60.0
+
+
+def scheduler_user(amqp_url: str) -> str:
+    """The broker user an AMQP URL logs in as (``guest`` when it names none)."""
+    return unquote(urlsplit(amqp_url).username or "guest")
+
+
+def trusted_agents(settings: Settings) -> frozenset[str]:
+    """Agents that need no policy document: see :class:`~aiosd.daemon.access.authorizer.Policies`."""
+    trusted = {scheduler_user(settings.amqp_url)} if settings.trust_scheduler_user else set()
+    if settings.dev_allow_anonymous:
+        trusted.add(ANONYMOUS)
+    return frozenset(trusted)
+
+
+def audit_key(settings: Settings) -> bytes | None:
+    """The HMAC key of the audit chain, if one is configured."""
+    return settings.audit_key.get_secret_value().encode() if settings.audit_key else None
+
+
+@dataclass(frozen=True)
+class SchedulerGraph:
+    """What the scheduler's loop drives; everything else hangs off these."""
+
+    store: Store
+    threads: SyscallThreads
+    outbox: LiveOutbox
+    pipeline: Pipeline
+    leased: LeasedWork
+    dispatcher: Dispatcher
+    housekeeping: Periodic
+    counters: Counters
+
+
+def build_scheduler(settings: Settings) -> SchedulerGraph:
+    """Build every object of one scheduler, in dependency order (no I/O happens here)."""
+    store = Store(settings.mongo_url, settings.mongo_db, timeout=min(settings.connect_timeout, 5.0))
+    threads = SyscallThreads(settings.threads)
+    outbox = LiveOutbox()
+
+    # access control and audit
+    policies = Policies(Directory(store.db[AGENTS]), trusted_agents(settings))
+    counters = Counters(store.db[COUNTERS])
+    meter = Meter(counters, policies)
+    audit = AuditLog(store.audit, key=audit_key(settings))
+
+    # kernel services
+    tools = ToolService(ToolRegistry.load(), policies)
+    sessions = SessionService(store.sessions)
+    memory = MemoryService(store.memory, PolicyMemoryGuard(policies, counters))
+    storage = StorageService(store.db, PolicyStorageGuard(policies, counters))
+    records = Records(store.syscalls, store.results)
+    kernel = Kernel(records, memory, sessions, storage, tools)
+
+    # the life of a syscall, and leased work
+    completion = Completion(records, audit, outbox, threads.submit)
+    approvals = Approvals(
+        store.syscalls,
+        store.db[APPROVALS],
+        audit,
+        policies,
+        settings.approval_timeout,
+        outbox=outbox,
+        irreversible=tools.irreversible,
+    )
+    intake = Intake(
+        max_body_bytes=settings.max_body_bytes,
+        allow_anonymous=settings.dev_allow_anonymous,
+        authorizer=PolicyAuthorizer(policies, meter, tools.irreversible),
+        checks={"tool.call": tools.check},
+    )
+    wakeup = threading.Event()
+    leased = LeasedWork(
+        LeaseBook(store.syscalls),
+        Fleet(store.workers, settings.worker_timeout),
+        store.usage,
+        sessions,
+        completion.finish,
+        wakeup,
+        lease_ttl=settings.lease_ttl,
+        max_attempts=settings.max_attempts,
+        on_usage=meter.charge_tokens,
+        may_retry=tools.may_retry,
+    )
+    pipeline = Pipeline(intake, records, audit, kernel, completion, outbox, leased, approvals)
+    dispatcher = Dispatcher(
+        leased,
+        make_ordering(settings.policy, settings.slice_tokens),
+        Router(settings.affinity_slack),
+        outbox.publish_lease,
+        wakeup,
+        lease_ttl=settings.lease_ttl,
+        caps=LlmCaps(policies, store.syscalls),
+    )
+
+    housekeeping = Periodic(threads.submit)
+
+    def settle_approvals() -> None:
+        if approvals.settle(pipeline.execute, completion.finish):
+            log.info("approvals_settled")
+
+    housekeeping.every(settings.approval_poll, "approvals", settle_approvals)
+    housekeeping.every(PRUNE_INTERVAL, "prune_counters", counters.prune)
+    housekeeping.every(STORAGE_SWEEP_INTERVAL, "storage_sweep", storage.sweep)
+    return SchedulerGraph(store, threads, outbox, pipeline, leased, dispatcher, housekeeping, counters)

@@ -1,0 +1,198 @@
+"""The scheduler's AMQP connection, owned by one thread.
+
+:class:`Broker` wraps a pika ``BlockingConnection``. Only the thread that
+calls :meth:`Broker.pump` touches the connection; worker threads settle
+messages and publish replies through ``add_callback_threadsafe``. Dead letters
+go out on a second channel with publisher confirms, so a refused message is
+acknowledged only once its dead-lettered copy is safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import pika
+import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
+from pika.spec import Basic, BasicProperties
+
+from aiosd.daemon.transport.delivery import Delivery
+from aiosd.sdk.cluster import EVENTS_QUEUE, WORKER_EXCHANGE
+from aiosd.sdk.errors import ServiceUnavailable
+from aiosd.sdk.process.logs import get_logger
+from aiosd.sdk.protocol import (
+    CONTENT_TYPE,
+    DEAD_CODE_HEADER,
+    DEAD_LETTER_EXCHANGE,
+    DEAD_LETTER_QUEUE,
+    DEAD_REASON_HEADER,
+    INGRESS_EXCHANGE,
+    INGRESS_QUEUE,
+    MAX_PRIORITY,
+    PROTOCOL_VERSION,
+    VERSION_HEADER,
+    Reply,
+    encode,
+)
+
+log = get_logger(__name__)
+
+AMQP_ERRORS = (pika.exceptions.AMQPError, OSError)
+
+
+def declare_topology(ch: BlockingChannel) -> None:
+    """Declare the exchanges and queues aiosd uses (idempotent)."""
+    ch.exchange_declare(DEAD_LETTER_EXCHANGE, "fanout", durable=True)
+    ch.queue_declare(DEAD_LETTER_QUEUE, durable=True)
+    ch.queue_bind(DEAD_LETTER_QUEUE, DEAD_LETTER_EXCHANGE)
+    ch.exchange_declare(INGRESS_EXCHANGE, "topic", durable=True)
+    ch.queue_declare(
+        INGRESS_QUEUE,
+        durable=True,
+        arguments={"x-max-priority": MAX_PRIORITY, "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE},
+    )
+    ch.queue_bind(INGRESS_QUEUE, INGRESS_EXCHANGE, "#")
+    ch.exchange_declare(WORKER_EXCHANGE, "direct", durable=True)
+    ch.queue_declare(EVENTS_QUEUE, durable=True)
+
+
+class Broker:
+    """One connection to RabbitMQ: consume the ingress queue, publish replies."""
+
+    def __init__(self, url: str, prefetch: int) -> None:
+        params = pika.URLParameters(url)
+        params.heartbeat = 30
+        params.blocked_connection_timeout = 60
+        params.client_properties = {"connection_name": "aiosd-scheduler"}
+        try:
+            self._conn = pika.BlockingConnection(params)
+            self._ch = self._conn.channel()
+            declare_topology(self._ch)
+            self._ch.basic_qos(prefetch_count=prefetch)
+            self._dead = self._conn.channel()
+            self._dead.confirm_delivery()
+        except AMQP_ERRORS as exc:
+            raise ServiceUnavailable(f"RabbitMQ is unreachable at {_safe(params)}: {exc!r}") from exc
+        self._tags: list[str] = []
+
+    # -- owner thread ------------------------------------------------------------
+
+    def consume(self, queue: str, on_delivery: Callable[[Delivery], None]) -> None:
+        """Deliver the messages of ``queue`` to ``on_delivery`` (manual acks)."""
+        callback = partial(self._on_message, on_delivery)
+        self._tags.append(self._ch.basic_consume(queue, callback, auto_ack=False))
+
+    def stop_consuming(self) -> None:
+        """Stop new deliveries; messages prefetched but unacked go back on close."""
+        while self._tags and self._ch.is_open:
+            self._ch.basic_cancel(self._tags.pop())
+
+    def pump(self, seconds: float) -> None:
+        """Run I/O and queued callbacks for up to ``seconds``."""
+        self._conn.process_data_events(time_limit=seconds)
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        if self._conn.is_open:
+            try:
+                self._conn.close()
+            except AMQP_ERRORS:
+                pass
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the connection and its channels are usable (a channel can die alone)."""
+        return bool(self._conn.is_open and self._ch.is_open and self._dead.is_open)
+
+    def _on_message(
+        self,
+        on_delivery: Callable[[Delivery], None],
+        ch: BlockingChannel,
+        method: Basic.Deliver,
+        props: BasicProperties,
+        body: bytes,
+    ) -> None:
+        tag = method.delivery_tag
+        d = Delivery(
+            body=body,
+            ack=partial(self._later, partial(self._ack, tag)),
+            nack=lambda requeue: self._later(partial(self._nack, tag, requeue)),
+            dead_letter=lambda code, reason: self._later(partial(self._dead_letter, tag, method, props, body, code, reason)),
+            message_id=props.message_id,
+            correlation_id=props.correlation_id,
+            reply_to=props.reply_to,
+            priority=props.priority,
+            user_id=props.user_id,
+            routing_key=method.routing_key or "",
+            headers=dict(props.headers or {}),
+            redelivered=bool(method.redelivered),
+        )
+        on_delivery(d)
+
+    # -- any thread ----------------------------------------------------------------
+
+    def reply(self, reply_to: str, correlation_id: str, reply: Reply, on_sent: Callable[[], None]) -> None:
+        """Publish ``reply`` to the queue ``reply_to`` (thread-safe)."""
+        self._later(partial(self._publish_reply, reply_to, correlation_id, encode(reply), on_sent))
+
+    def publish_lease(self, worker_id: str, body: bytes) -> None:
+        """Send a lease to a worker's queue (thread-safe). A lost lease simply expires."""
+        props = BasicProperties(content_type=CONTENT_TYPE, headers={VERSION_HEADER: PROTOCOL_VERSION}, delivery_mode=1)
+        self._later(partial(self._ch.basic_publish, WORKER_EXCHANGE, worker_id, body, props))
+
+    def _later(self, fn: Callable[[], None]) -> None:
+        try:
+            self._conn.add_callback_threadsafe(fn)
+        except AMQP_ERRORS:
+            # The connection is gone: unacked messages are redelivered and
+            # unsent replies are re-sent by recovery, so dropping is safe.
+            log.warning("connection_gone_callback_dropped")
+
+    def _ack(self, tag: int) -> None:
+        if self._ch.is_open:
+            self._ch.basic_ack(tag)
+
+    def _nack(self, tag: int, requeue: bool) -> None:
+        if self._ch.is_open:
+            self._ch.basic_nack(tag, requeue=requeue)
+
+    def _publish_reply(self, reply_to: str, correlation_id: str, body: bytes, on_sent: Callable[[], None]) -> None:
+        props = BasicProperties(
+            content_type=CONTENT_TYPE,
+            content_encoding="utf-8",
+            correlation_id=correlation_id,
+            headers={VERSION_HEADER: PROTOCOL_VERSION},
+            delivery_mode=2,
+        )
+        self._ch.basic_publish("", reply_to, body, props)
+        on_sent()
+
+    def _dead_letter(
+        self, tag: int, method: Basic.Deliver, props: BasicProperties, body: bytes, code: str, reason: str
+    ) -> None:
+        headers: dict[str, Any] = dict(props.headers or {})
+        headers.update({DEAD_CODE_HEADER: code, DEAD_REASON_HEADER: reason, "x-aiosd-routing-key": method.routing_key})
+        copy = BasicProperties(
+            content_type=props.content_type,
+            message_id=props.message_id,
+            correlation_id=props.correlation_id,
+            reply_to=props.reply_to,
+            user_id=props.user_id,
+            priority=props.priority,
+            headers=headers,
+            delivery_mode=2,
+        )
+        try:
+            self._dead.basic_publish(DEAD_LETTER_EXCHANGE, method.routing_key or "", body, copy)
+        except AMQP_ERRORS as exc:
+            # Fall back to the queue's own dead-lettering (reason "rejected").
+            log.error("dead_letter_publish_failed", error=repr(exc))
+            self._nack(tag, False)
+            return
+        self._ack(tag)
+
+
+def _safe(params: pika.URLParameters) -> str:
+    return f"{params.host}:{params.port}{params.virtual_host}"
