@@ -18,9 +18,9 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
-from aiosd.daemon.errors import ServiceUnavailable
-from aiosd.daemon.logs import get_logger
 from aiosd.sdk.cluster import EVENTS_QUEUE, WORKER_EXCHANGE, Goodbye, Heartbeat, Outcome, worker_queue
+from aiosd.sdk.errors import ServiceUnavailable
+from aiosd.sdk.process.logs import get_logger
 from aiosd.sdk.protocol import CONTENT_TYPE, PROTOCOL_VERSION, VERSION_HEADER, encode
 
 log = get_logger(__name__)

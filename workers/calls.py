@@ -12,9 +12,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from aiosd.daemon.logs import get_logger
 from aiosd.sdk.cluster import Lease, Outcome, Snapshot
 from aiosd.sdk.llm import ChatMessage, LlmChatArgs
+from aiosd.sdk.process.logs import get_logger
 from aiosd.sdk.protocol import ErrorCode, Usage, describe_validation
 
 from .backends.base import (

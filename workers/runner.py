@@ -17,7 +17,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from aiosd.daemon.logs import get_logger
+from aiosd.sdk.process.logs import get_logger
 
 log = get_logger(__name__)
 T = TypeVar("T")

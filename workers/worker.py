@@ -26,12 +26,11 @@ from collections.abc import Callable
 from functools import partial
 from typing import Protocol
 
-from aiosd.daemon.errors import ServiceUnavailable
-from aiosd.daemon.lifecycle import Lifecycle
-from aiosd.daemon.logs import get_logger
-from aiosd.daemon.settings import Settings
 from aiosd.sdk.cluster import Goodbye, Heartbeat, Lease, Outcome, WorkerKind, WorkerState, decode_lease
-from aiosd.sdk.errors import ProtocolError
+from aiosd.sdk.errors import ProtocolError, ServiceUnavailable
+from aiosd.sdk.process.lifecycle import Lifecycle
+from aiosd.sdk.process.logs import get_logger
+from aiosd.sdk.process.settings import Settings
 from aiosd.sdk.protocol import utcnow
 
 from .amqp import AMQP_ERRORS, PUBLISH_ERRORS, WorkerBroker
