@@ -7,8 +7,8 @@ from typing import Any
 
 import click
 
-from aiosd.daemon.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, ConfigError, DaemonError
-from aiosd.daemon.options import fail, load, settings_options
+from aiosd.sdk.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, AiosdError, ConfigError
+from aiosd.sdk.process.options import fail, load, settings_options
 
 
 @click.command()
@@ -17,9 +17,17 @@ from aiosd.daemon.options import fail, load, settings_options
 @click.option("--worker-id", help="Stable id of this worker (env AIOSD_WORKER_ID; default <host>-<pid>).")
 @click.option("--backend", type=click.Choice(["llamacpp", "openai", "sglang"]), help="LLM backend (env AIOSD_BACKEND).")
 @click.option("--capacity", type=int, help="Calls run at once; 0 = backend default (llamacpp 1, openai 8, sglang 32).")
-@click.option("--model-path", help="llamacpp: GGUF file (default bundled SmolLM2); sglang: model to launch / chat template folder.")
+@click.option(
+    "--model-path",
+    help="llamacpp: GGUF file (default bundled SmolLM2); sglang: model to launch / chat template folder.",
+)
 @click.option("--backend-url", help="openai/sglang: URL of a running server.")
 @click.option("--model-name", help="Model name to request (openai) or report (llamacpp).")
+@click.option(
+    "--backend-stream",
+    type=click.Choice(["auto", "always", "never"]),
+    help="openai/sglang: stream backend calls; auto (default) streams only time-sliced calls.",
+)
 @click.option("--heartbeat-interval", type=float, help="Seconds between heartbeats.")
 @click.option("--shutdown-timeout", type=float, help="Seconds to finish in-flight calls on SIGTERM.")
 @click.option("--connect-timeout", type=float, help="Seconds to wait for RabbitMQ and the backend at start.")
@@ -37,8 +45,8 @@ def worker(config_file: str | None, check: bool, **overrides: Any) -> None:
     settings = load(config_file, **overrides)
     if check:
         _check(settings)
-    from aiosd.daemon.lifecycle import Lifecycle
-    from aiosd.daemon.logs import configure_logging
+    from aiosd.sdk.process.lifecycle import Lifecycle
+    from aiosd.sdk.process.logs import configure_logging
 
     from .worker import Worker
 
@@ -50,7 +58,7 @@ def worker(config_file: str | None, check: bool, **overrides: Any) -> None:
     except ConfigError as exc:
         click.echo(f"aiosd: {exc}", err=True)
         sys.exit(EXIT_CONFIG)
-    except DaemonError as exc:
+    except AiosdError as exc:
         fail(exc)
 
 

@@ -1,9 +1,9 @@
-"""From :class:`~aiosd.daemon.settings.Settings` to what a worker runs.
+"""From :class:`~aiosd.sdk.process.settings.Settings` to what a worker runs.
 
 :func:`worker_config` is the one place that turns the worker's settings into
 a backend kind with its constructor options, a capacity, an id and, for a
 worker that launches its own SGLang server, the launch options. Every
-inconsistency is a :class:`~aiosd.daemon.errors.ConfigError` (exit 78), found
+inconsistency is a :class:`~aiosd.sdk.errors.ConfigError` (exit 78), found
 before anything is loaded or connected.
 """
 
@@ -15,10 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiosd.daemon.errors import ConfigError
-from aiosd.daemon.settings import Settings
+from aiosd.sdk.errors import ConfigError
+from aiosd.sdk.process.settings import Settings
 
 from .backends.launcher import SGLangLaunch
+
+#: ``backend_stream`` as the HTTP backends' ``stream`` option (``None``: only sliced calls stream).
+STREAM_OPTION: dict[str, bool | None] = {"auto": None, "always": True, "never": False}
 
 #: Calls a worker runs at once when ``capacity`` is 0. One llama.cpp context
 #: serialises its calls; HTTP servers batch, SGLang's continuous batching best.
@@ -72,8 +75,16 @@ def _backend_options(settings: Settings) -> tuple[dict[str, Any], SGLangLaunch |
     if settings.backend == "openai":
         if not settings.backend_url:
             raise ConfigError("the openai backend needs backend_url (--backend-url)")
-        return {"url": settings.backend_url, "model": settings.model_name}, None
-    return _sglang_options(settings)
+        return {"url": settings.backend_url, "model": settings.model_name, **_stream(settings)}, None
+    options, launch = _sglang_options(settings)
+    return {**options, **_stream(settings)}, launch
+
+
+def _stream(settings: Settings) -> dict[str, Any]:
+    # Only a forced choice is passed on: the backends' default is auto.
+    if settings.backend_stream == "auto":
+        return {}
+    return {"stream": STREAM_OPTION[settings.backend_stream]}
 
 
 def _sglang_options(settings: Settings) -> tuple[dict[str, Any], SGLangLaunch | None]:

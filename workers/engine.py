@@ -5,6 +5,14 @@ process needs around it: launching and supervising an SGLang server when the
 configuration says so, waiting for the backend to become healthy, the model it
 registers with, a capacity bound on concurrent calls and the health/metrics
 probe behind every heartbeat.
+
+Health means "can serve". A probe that does not answer within the heartbeat
+interval while calls are in flight reports the backend busy, not dead (servers
+that run one generation at a time queue probes behind them); death shows as a
+refused connection, an error status, or calls failing and timing out. Every
+change of health is logged (``backend_health_changed``) and counted in the
+heartbeat metrics (``health_changes``), next to ``healthy``, ``busy`` and
+``calls_in_flight``.
 """
 
 from __future__ import annotations
@@ -14,8 +22,8 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 
-from aiosd.daemon.logs import get_logger
 from aiosd.sdk.cluster import Lease, Outcome
+from aiosd.sdk.process.logs import get_logger
 
 from .backends import create_backend
 from .backends.base import Backend, BackendError, BackendUnavailable, ModelInfo
@@ -46,6 +54,9 @@ class Engine:
         # Prefetch already bounds deliveries; this also holds across a reconnect,
         # when calls of the old connection still run beside new deliveries.
         self._slots = asyncio.Semaphore(config.capacity)
+        self._running = 0  # calls admitted past the semaphore, i.e. at the backend
+        self._healthy: bool | None = None
+        self._health_changes = 0
 
     async def start(self, timeout: float) -> ModelInfo:
         """Launch the server if configured, start the backend, wait until it is healthy.
@@ -66,25 +77,70 @@ class Engine:
             self.info = await self.backend.info()
         except BackendError as exc:
             raise BackendUnavailable(f"cannot read the served model: {exc}") from exc
-        log.info("backend_started", backend=self.config.backend, model=self.info.name,
-                 context_length=self.info.context_length)
+        for warning in await self.backend.check():
+            log.warning("backend_setting_warning", backend=self.config.backend, warning=warning)
+        log.info(
+            "backend_started",
+            backend=self.config.backend,
+            model=self.info.name,
+            context_length=self.info.context_length,
+        )
         return self.info
 
     async def run(self, lease: Lease) -> Outcome:
         """Run one lease when a slot is free; see :func:`~.calls.run_lease`."""
         async with self._slots:
-            return await run_lease(self.backend, lease, self.config.worker_id, self.info.name)
+            self._running += 1
+            try:
+                return await run_lease(self.backend, lease, self.config.worker_id, self.info.name)
+            finally:
+                self._running -= 1
 
     async def probe(self, timeout: float) -> Probe:
         """Health and load figures, each bounded by ``timeout`` so heartbeats keep their pace."""
         failed = self.supervisor is not None and self.supervisor.state == "failed"
-        healthy = False
-        metrics: dict[str, float] = {}
-        with contextlib.suppress(Exception):  # a probe reports trouble, it never raises
+        busy = self._running > 0
+        healthy, slow = False, False
+        started = time.monotonic()
+        try:  # a probe reports trouble, it never raises
             healthy = not failed and await asyncio.wait_for(self.backend.health(), timeout)
+        except TimeoutError:
+            slow = True
+            busy = busy or self._running > 0  # calls that started while the probe waited count
+            healthy = busy and not failed  # queued behind our own calls: busy, not dead
+        except Exception as exc:
+            log.warning("backend_probe_failed", error=repr(exc))
+        probe_ms = round((time.monotonic() - started) * 1000.0, 1)
+        self._note_health(healthy, busy=busy, slow=slow, probe_ms=probe_ms)
+        metrics: dict[str, float] = {}
         with contextlib.suppress(Exception):
             metrics = dict(await asyncio.wait_for(self.backend.metrics(), timeout))
+        metrics.update(
+            healthy=float(healthy),
+            busy=float(busy),
+            calls_in_flight=float(self._running),
+            health_changes=float(self._health_changes),
+        )
         return Probe(healthy=healthy, metrics=metrics, failed=failed)
+
+    def _note_health(self, healthy: bool, *, busy: bool, slow: bool, probe_ms: float) -> None:
+        """Log and count every change of health (the first probe sets the baseline)."""
+        before, self._healthy = self._healthy, healthy
+        if before is None or before == healthy:
+            return
+        self._health_changes += 1
+        emit = log.info if healthy else log.warning
+        emit(
+            "backend_health_changed",
+            backend=self.config.backend,
+            healthy=healthy,
+            was=before,
+            calls_in_flight=self._running,
+            busy=busy,
+            probe_timed_out=slow,
+            probe_ms=probe_ms,
+            changes=self._health_changes,
+        )
 
     async def close(self) -> None:
         """Close the backend, then stop the supervised server (idempotent)."""

@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     )
     backend_url: str | None = Field(default=None, description="openai/sglang: URL of a running server.")
     model_name: str | None = Field(default=None, description="openai: model name to request.")
+    backend_stream: Literal["auto", "always", "never"] = Field(
+        default="auto", description="openai/sglang: stream backend calls; auto streams only time-sliced calls."
+    )
     sglang_port: int = Field(default=30000, ge=1, le=65535, description="Port of a launched SGLang server.")
     sglang_mem_fraction: float | None = Field(default=None, gt=0, le=1, description="--mem-fraction-static.")
     sglang_max_running_requests: int | None = Field(default=None, ge=1, description="--max-running-requests.")

@@ -117,11 +117,24 @@ class _Handler(BaseHTTPRequestHandler):
                 ready = state.health_probes > state.starting_requests
             self._send(200 if ready else 503, b"")
         elif self.path in ("/model_info", "/get_model_info"):
-            self._json(200, {"model_path": self.server.model_path, "tokenizer_path": self.server.model_path,
-                             "is_generation": True, "preferred_sampling_params": None, "weight_version": "default"})
+            self._json(
+                200,
+                {
+                    "model_path": self.server.model_path,
+                    "tokenizer_path": self.server.model_path,
+                    "is_generation": True,
+                    "preferred_sampling_params": None,
+                    "weight_version": "default",
+                },
+            )
         elif self.path == "/v1/models":
-            card = {"id": self.server.model_path, "object": "model", "owned_by": "sglang",
-                    "root": self.server.model_path, "max_model_len": 2048}
+            card = {
+                "id": self.server.model_path,
+                "object": "model",
+                "owned_by": "sglang",
+                "root": self.server.model_path,
+                "max_model_len": 2048,
+            }
             self._json(200, {"object": "list", "data": [card]})
         elif self.path == "/metrics":
             self._send(200, self._metrics().encode(), "text/plain; version=0.0.4")
@@ -193,8 +206,9 @@ class _Handler(BaseHTTPRequestHandler):
                 state.running -= 1
                 state.cache.append(ids + out_ids)
 
-    def _step(self, before: str, reply: str, out_ids: list[int], sampling: dict[str, Any],
-              stops: list[str], rid: str) -> dict[str, Any] | None:
+    def _step(
+        self, before: str, reply: str, out_ids: list[int], sampling: dict[str, Any], stops: list[str], rid: str
+    ) -> dict[str, Any] | None:
         if rid in self.server.state.aborted:
             return {"type": "abort", "message": "Abort request " + rid}
         done = before + detokenize(out_ids)
@@ -210,13 +224,20 @@ class _Handler(BaseHTTPRequestHandler):
             return {"type": "length", "length": len(out_ids)}
         return None
 
-    def _output(self, rid: str, ids: list[int], out_ids: list[int], cached: int,
-                finish: dict[str, Any] | None) -> dict[str, Any]:
+    def _output(
+        self, rid: str, ids: list[int], out_ids: list[int], cached: int, finish: dict[str, Any] | None
+    ) -> dict[str, Any]:
         text = detokenize(out_ids)
         if finish and finish.get("type") == "stop" and isinstance(finish.get("matched"), str):
             text = text[: text.find(finish["matched"])]  # SGLang trims the stop string
-        meta = {"id": rid, "finish_reason": finish, "prompt_tokens": len(ids),
-                "completion_tokens": len(out_ids), "cached_tokens": cached, "weight_version": "default"}
+        meta = {
+            "id": rid,
+            "finish_reason": finish,
+            "prompt_tokens": len(ids),
+            "completion_tokens": len(out_ids),
+            "cached_tokens": cached,
+            "weight_version": "default",
+        }
         return {"text": text, "output_ids": list(out_ids), "meta_info": meta}
 
     # -- plumbing -----------------------------------------------------------------
@@ -255,8 +276,16 @@ class ContractServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, model_path: str, *, starting_requests: int = 0, token_delay: float = 0.0,
-                 incremental_ids: bool = False, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        starting_requests: int = 0,
+        token_delay: float = 0.0,
+        incremental_ids: bool = False,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
         super().__init__((host, port), _Handler)
         self.host = host
         self.model_path = model_path
@@ -276,3 +305,19 @@ class ContractServer(ThreadingHTTPServer):
         self.shutdown()
         self.server_close()
         self._thread.join(timeout=5)
+
+
+def main() -> None:
+    """Serve until killed (for tests that kill the server for real)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="SGLang contract server")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--model-path", required=True)
+    parser.add_argument("--token-delay", type=float, default=0.0)
+    args = parser.parse_args()
+    ContractServer(args.model_path, token_delay=args.token_delay, port=args.port).serve_forever()
+
+
+if __name__ == "__main__":
+    main()

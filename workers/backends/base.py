@@ -23,8 +23,9 @@ from __future__ import annotations
 
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from aiosd.sdk.errors import AiosdError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from aiosd.sdk.errors import AiosdError
 
 Role = Literal["system", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "slice", "tool_calls"]
@@ -48,6 +49,16 @@ class BackendBadRequest(BackendError):
 
 class BackendTimeout(BackendError):
     """The backend did not answer in time."""
+
+
+class IncompleteGeneration(BackendUnavailable):
+    """A generation ended without the backend saying why: never a result.
+
+    A stream that closed early, a connection dropped or a server error in the
+    middle of a generation leave an unknown part of the answer missing. The
+    attempt failed and is worth another one (it is retryable, like any
+    :class:`BackendUnavailable`); the partial text is never reported.
+    """
 
 
 class OutputInvalid(BackendError):
@@ -209,7 +220,18 @@ class Backend(Protocol):
         """Release everything; safe to call twice."""
 
     async def health(self) -> bool:
-        """True when the backend can take a call now. Never raises."""
+        """True when the backend can serve: busy counts as able. Never raises.
+
+        A probe that a server queues behind generations must not make a busy
+        backend look dead: see :func:`~.http.probe_health`.
+        """
+
+    async def check(self) -> list[str]:
+        """Known-bad server settings this backend can detect, one warning each.
+
+        Called once at start, after the backend became healthy; a setting that
+        makes serving impossible raises :class:`BackendUnavailable` instead.
+        """
 
     async def info(self) -> ModelInfo:
         """The served model's name and context length."""
@@ -219,6 +241,37 @@ class Backend(Protocol):
 
     async def chat(self, request: ChatRequest, slice_tokens: int | None = None) -> ChatResult:
         """Run one call, or one slice of it when ``slice_tokens`` is given."""
+
+
+#: Finish reasons as servers spell them, mapped to ours (``length`` is resolved by :func:`finish_reason`).
+_REASONS: dict[str, FinishReason] = {
+    "stop": "stop",
+    "eos": "stop",
+    "content_filter": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+}
+
+
+def finish_reason(raw: object, *, sliced: bool, what: str, produced: int) -> FinishReason:
+    """The one rule of every backend: a generation is complete only when the backend said why it ended.
+
+    ``raw`` is the server's reason (``"stop"``, ``"length"``, ``"tool_calls"``,
+    ...). No reason (a stream closed early, as llama-cpp-python's server does
+    to a streamed call when another request arrives), or an ``abort``, raises
+    :class:`IncompleteGeneration`: the caller must never see a cut-off answer
+    as a normal one. ``produced`` (tokens or chunks received) goes into the message.
+    """
+    reason = _REASONS.get(raw) if isinstance(raw, str) else None
+    if reason is None:
+        raise IncompleteGeneration(
+            f"{what}: generation ended without a finish reason (got {raw!r} after {produced} tokens); "
+            "the output is incomplete and was discarded"
+        )
+    if reason == "length" and sliced:
+        return "slice"
+    return reason
 
 
 def completion_budget(request: ChatRequest, slice_tokens: int | None) -> tuple[int, bool]:

@@ -40,6 +40,7 @@ from .base import (
     ChatRequest,
     ChatResult,
     FinishReason,
+    IncompleteGeneration,
     ModelInfo,
     Usage,
     completion_budget,
@@ -100,8 +101,12 @@ class LlamaCppBackend:
         await asyncio.to_thread(self._unload)
 
     async def health(self) -> bool:
-        """True once the model is loaded."""
+        """True once the model is loaded: it never waits for the calls running on the context."""
         return self._llama is not None
+
+    async def check(self) -> list[str]:
+        """Nothing to check: the model runs in this process with settings this backend chose."""
+        return []
 
     async def info(self) -> ModelInfo:
         """Model name (the GGUF file name unless configured) and the context size."""
@@ -135,16 +140,18 @@ class LlamaCppBackend:
 
         path = self.model_path or bundled_gguf()
         try:
-            llama = Llama(model_path=str(path), n_ctx=self.n_ctx, n_threads=self.n_threads,
-                          n_batch=self.n_batch, verbose=False)
+            llama = Llama(
+                model_path=str(path), n_ctx=self.n_ctx, n_threads=self.n_threads, n_batch=self.n_batch, verbose=False
+            )
         except (ValueError, RuntimeError, OSError) as exc:
             raise BackendUnavailable(f"cannot load {path}: {exc}") from exc
         source = llama.metadata.get("tokenizer.chat_template")
         if not source:
             raise BackendUnavailable(f"{path} has no chat template in its metadata")
         model = llama._model
-        self._template = ChatTemplate(source, model.token_get_text(llama.token_bos()),
-                                      model.token_get_text(llama.token_eos()))
+        self._template = ChatTemplate(
+            source, model.token_get_text(llama.token_bos()), model.token_get_text(llama.token_eos())
+        )
         with self._lock:
             self._llama = llama
 
@@ -173,7 +180,8 @@ class LlamaCppBackend:
                 new, reason = _Decoder(llama, request, resumed, cancel).run(budget, sliced)
             except (RuntimeError, ValueError) as exc:
                 self._kv_prompt = []  # the cache may be half-written
-                raise BackendError(f"llama.cpp failed: {exc}") from exc
+                # Failed in the middle of a generation: incomplete, and worth another attempt.
+                raise IncompleteGeneration(f"llama.cpp failed during the generation: {exc}") from exc
             text = _decode(llama, resumed + new)
         usage = Usage(prompt_tokens=used, completion_tokens=len(new), cached_tokens=cached)
         return _result(request, text, resumed + new, reason, usage, time.monotonic() - started)
@@ -193,8 +201,9 @@ class LlamaCppBackend:
         reuse = 0
         if self._kv_prompt == prompt:
             held = list(llama.input_ids[: llama.n_tokens])
-            reuse = next((i for i, (a, b) in enumerate(zip(held, target, strict=False)) if a != b),
-                         min(len(held), len(target)))
+            reuse = next(
+                (i for i, (a, b) in enumerate(zip(held, target, strict=False)) if a != b), min(len(held), len(target))
+            )
             # Always evaluate the last token again for fresh logits; never split the prompt.
             reuse = min(reuse, len(target) - 1)
             reuse = reuse if reuse >= len(prompt) else 0
@@ -272,11 +281,19 @@ def _decode(llama: Any, ids: list[int]) -> str:
     return bytes(llama.detokenize(ids)).decode("utf-8", errors="ignore")
 
 
-def _result(request: ChatRequest, text: str, ids: list[int], reason: FinishReason,
-            usage: Usage, run_time: float) -> ChatResult:
+def _result(
+    request: ChatRequest, text: str, ids: list[int], reason: FinishReason, usage: Usage, run_time: float
+) -> ChatResult:
     cut = find_stop(text, request.stop)
     if cut is not None:
         text = text[:cut]
     content, calls = parse_tool_calls(text, request.tools) if reason == "stop" else (text, ())
-    return ChatResult(text=content, finish_reason="tool_calls" if calls else reason, tool_calls=calls,
-                      usage=usage, token_ids=tuple(ids), run_time=run_time, model=request.model or "")
+    return ChatResult(
+        text=content,
+        finish_reason="tool_calls" if calls else reason,
+        tool_calls=calls,
+        usage=usage,
+        token_ids=tuple(ids),
+        run_time=run_time,
+        model=request.model or "",
+    )

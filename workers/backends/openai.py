@@ -1,8 +1,21 @@
 """The ``openai`` backend: any OpenAI-compatible server, via httpx.
 
-``POST /v1/chat/completions`` (streamed with server-sent events or not) for
-calls, ``GET /v1/models`` for health and info. Works with vLLM, SGLang's
-OpenAI API, llama.cpp's servers, Ollama and hosted APIs.
+``POST /v1/chat/completions`` for calls, ``GET /v1/models`` for health and
+info. Works with vLLM, SGLang's OpenAI API, llama.cpp's servers, Ollama and
+hosted APIs.
+
+Streaming: ``stream=None`` (auto, the default) sends a call unstreamed unless it
+is sliced; ``True``/``False`` force it (see :func:`~.http.streaming`). Either
+way a call is complete only when the server gave a finish reason: a stream
+that closes without one -- llama-cpp-python's ``llama_cpp.server`` does that
+to a streamed call whenever another request arrives, unless it was started
+with ``--interrupt_requests False`` -- raises :class:`~.base.IncompleteGeneration`.
+
+Health: ``/v1/models`` may queue behind generations (``llama_cpp.server``
+serves it under its model lock), so a slow probe while calls are in flight
+means busy, not dead (:func:`~.http.probe_health`). :meth:`OpenAIBackend.check`
+recognises ``llama_cpp.server`` (its ``/openapi.json`` title) and warns about
+the settings that would cut answers short.
 
 Time slicing over this API is at best approximate, and off by default. The
 API speaks text, not token ids, so a resumed slice re-sends the partial
@@ -38,17 +51,19 @@ from .base import (
     BackendUnavailable,
     ChatRequest,
     ChatResult,
-    FinishReason,
     FunctionCall,
     ModelInfo,
     ToolCall,
     Usage,
     completion_budget,
+    finish_reason,
 )
-from .http import raise_for_status, sse_events, wrap_errors
+from .http import answer_lost, probe_health, raise_for_status, sse_events, stream_breaks, streaming, wrap_errors
 
 Continuation = Literal["none", "continue_final_message", "assistant_prefix"]
 SchemaFormat = Literal["json_schema", "json_object"]
+#: The title of llama-cpp-python's server in its ``/openapi.json``.
+LLAMA_CPP_PYTHON_TITLE = "llama.cpp Python API"
 
 
 class OpenAIBackend:
@@ -62,7 +77,7 @@ class OpenAIBackend:
         *,
         model: str | None = None,
         api_key: str | None = None,
-        stream: bool = True,
+        stream: bool | None = None,
         continuation: Continuation = "none",
         schema_format: SchemaFormat = "json_schema",
         context_length: int = 0,
@@ -94,12 +109,28 @@ class OpenAIBackend:
             self._client = None
 
     async def health(self) -> bool:
-        """True when ``/v1/models`` answers."""
+        """True when ``/v1/models`` answers, or is merely slow while calls are in flight."""
         try:
-            response = await self._http().get("/models", timeout=5.0)
-        except (httpx.HTTPError, BackendError):
+            client = self._http()
+        except BackendError:
             return False
-        return response.is_success
+        return await probe_health(client, "/models", busy=lambda: self._in_flight > 0, ready=(200,))
+
+    async def check(self) -> list[str]:
+        """Warnings for server settings known to break calls; only llama_cpp.server is recognised."""
+        if not await self._is_llama_cpp_python():
+            return []
+        warnings = []
+        if self.stream:
+            warnings.append(
+                "llama_cpp.server cuts a streamed generation short whenever another request arrives, unless it "
+                "runs with --interrupt_requests False; this worker streams every call (backend_stream=always), so "
+                "such calls fail and are retried: start the server with --interrupt_requests False or use "
+                "backend_stream=auto"
+            )
+        if self.continuation != "none":
+            warnings.append("llama_cpp.server cannot continue a partial answer: time slices would restart it")
+        return warnings
 
     async def info(self) -> ModelInfo:
         """The model id; context length from ``max_model_len`` (vLLM, SGLang) or configuration."""
@@ -117,12 +148,13 @@ class OpenAIBackend:
         if self.continuation == "none" or request.wants_json or request.tools:
             slice_tokens = None  # see the module doc
         budget, sliced = completion_budget(request, slice_tokens)
-        body = self._body(request, budget)
+        stream = streaming(self.stream, sliced)
+        body = self._body(request, budget, stream)
         started = time.monotonic()
         self._in_flight += 1
         try:
             with wrap_errors("openai /chat/completions"):
-                message, reason, usage = await (self._streamed(body) if self.stream else self._single(body))
+                message, reason, usage = await (self._streamed(body) if stream else self._single(body))
         finally:
             self._in_flight -= 1
         result = _result(request, message, reason, usage, sliced, time.monotonic() - started)
@@ -145,7 +177,17 @@ class OpenAIBackend:
             card: dict[str, Any] = (wanted or cards)[0]
             return card
 
-    def _body(self, request: ChatRequest, budget: int) -> dict[str, Any]:
+    async def _is_llama_cpp_python(self) -> bool:
+        # /openapi.json is served without the model lock, so this never waits behind generations.
+        root = self.url.removesuffix("/v1")
+        try:
+            response = await self._http().get(f"{root}/openapi.json", timeout=5.0)
+            title = str(response.json().get("info", {}).get("title", "")) if response.is_success else ""
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return False
+        return LLAMA_CPP_PYTHON_TITLE in title
+
+    def _body(self, request: ChatRequest, budget: int, stream: bool) -> dict[str, Any]:
         messages = [m.as_dict() for m in request.messages]
         body: dict[str, Any] = {
             "model": request.model or self.model,
@@ -153,13 +195,13 @@ class OpenAIBackend:
             "max_tokens": budget,
             "temperature": request.temperature,
             "top_p": request.top_p,
-            "stream": self.stream,
+            "stream": stream,
         }
         if request.resume is not None and request.resume.text:
             messages.append({"role": "assistant", "content": request.resume.text})
             if self.continuation == "continue_final_message":
                 body.update(continue_final_message=True, add_generation_prompt=False)
-        if self.stream:
+        if stream:
             body["stream_options"] = {"include_usage": True}
         optional = {"stop": list(request.stop) or None, "seed": request.seed, "tools": list(request.tools) or None}
         body.update({k: v for k, v in optional.items() if v is not None})
@@ -173,7 +215,8 @@ class OpenAIBackend:
         return body
 
     async def _single(self, body: dict[str, Any]) -> tuple[dict[str, Any], str | None, dict[str, Any]]:
-        response = await self._http().post("/chat/completions", json=body)
+        with answer_lost("openai /chat/completions"):
+            response = await self._http().post("/chat/completions", json=body)
         await raise_for_status(response, "openai /chat/completions")
         data = response.json()
         choice = data["choices"][0]
@@ -187,15 +230,16 @@ class OpenAIBackend:
         chunks = 0
         async with self._http().stream("POST", "/chat/completions", json=body) as response:
             await raise_for_status(response, "openai /chat/completions")
-            async for event in sse_events(response):
-                usage = event.get("usage") or usage
-                for choice in event.get("choices") or ():
-                    delta = choice.get("delta") or {}
-                    if delta.get("content"):
-                        content.append(delta["content"])
-                        chunks += 1
-                    _merge_tool_call_deltas(calls, delta.get("tool_calls") or ())
-                    reason = choice.get("finish_reason") or reason
+            with stream_breaks("openai /chat/completions", lambda: chunks):
+                async for event in sse_events(response):
+                    usage = event.get("usage") or usage
+                    for choice in event.get("choices") or ():
+                        delta = choice.get("delta") or {}
+                        if delta.get("content"):
+                            content.append(delta["content"])
+                            chunks += 1
+                        _merge_tool_call_deltas(calls, delta.get("tool_calls") or ())
+                        reason = choice.get("finish_reason") or reason
         if not usage:
             # Servers that ignore stream_options: one content chunk is one token.
             usage = {"completion_tokens": chunks}
@@ -226,11 +270,10 @@ def _result(
         ToolCall(id=c.get("id") or f"call_{i}", function=FunctionCall(**_function(c)))
         for i, c in enumerate(message.get("tool_calls") or ())
     )
-    finish: FinishReason = "stop"
-    if calls or reason in ("tool_calls", "function_call"):
-        finish = "tool_calls"
-    elif reason == "length":
-        finish = "slice" if sliced else "length"
+    produced = int(usage.get("completion_tokens") or 0)
+    finish = finish_reason(reason, sliced=sliced, what="openai /chat/completions", produced=produced)
+    if calls:
+        finish = "tool_calls"  # some servers say "stop" after a tool call
     prior = request.resume.text if request.resume else ""
     details = usage.get("prompt_tokens_details") or {}
     return ChatResult(

@@ -19,6 +19,13 @@ or, in some versions, incremental) and ends with ``data: [DONE]``;
 ``meta_info.finish_reason`` is ``None`` while running, then
 ``{"type": "stop"|"length"|"abort", ...}``.
 
+Streaming: ``stream=None`` (auto, the default) streams only sliced calls (see
+:func:`~.http.streaming`). A generation whose last output carries no finish
+reason, or an ``abort``, is incomplete (:func:`~.base.finish_reason`), as is a
+stream that breaks. Health is ``GET /health``, which SGLang answers as soon as
+its scheduler produced output, so it does not queue behind generations; the
+busy rule of :func:`~.http.probe_health` still covers a slow answer.
+
 Limits: JSON-mode calls are not sliced (SGLang would restart the grammar at
 the resume point), and non-greedy slices are valid samples but not the same
 sample as an unsliced call.
@@ -42,12 +49,21 @@ from .base import (
     BackendUnavailable,
     ChatRequest,
     ChatResult,
-    FinishReason,
     ModelInfo,
     Usage,
     completion_budget,
+    finish_reason,
 )
-from .http import parse_prometheus, raise_for_status, sse_events, wrap_errors
+from .http import (
+    answer_lost,
+    parse_prometheus,
+    probe_health,
+    raise_for_status,
+    sse_events,
+    stream_breaks,
+    streaming,
+    wrap_errors,
+)
 from .prompting import ChatTemplate, find_stop, parse_tool_calls
 
 _TOKENIZE_CACHE_SIZE = 256
@@ -68,7 +84,7 @@ class SGLangBackend:
         url: str,
         *,
         chat_template: str | None = None,
-        stream: bool = True,
+        stream: bool | None = None,
         timeout: float = 600.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
@@ -94,12 +110,24 @@ class SGLangBackend:
             self._client = None
 
     async def health(self) -> bool:
-        """``GET /health``: SGLang answers 503 while starting, 200 when ready."""
+        """``GET /health``: SGLang answers 503 while starting, 200 when ready; slow while busy is healthy."""
         try:
-            response = await self._http().get("/health", timeout=5.0)
-        except (httpx.HTTPError, BackendError):
+            client = self._http()
+        except BackendError:
             return False
-        return response.status_code == 200
+        return await probe_health(client, "/health", busy=lambda: self._in_flight > 0, ready=(200,))
+
+    async def check(self) -> list[str]:
+        """Warnings from ``/get_server_info``'s server arguments (when the server offers them)."""
+        try:
+            response = await self._http().get("/get_server_info", timeout=5.0)
+            info = response.json() if response.is_success else {}
+        except (httpx.HTTPError, ValueError):
+            return []
+        warnings = []
+        if isinstance(info, dict) and info.get("enable_metrics") is False:
+            warnings.append("SGLang runs without --enable-metrics: heartbeats carry no queue or cache figures")
+        return warnings
 
     async def info(self) -> ModelInfo:
         """Model path from ``/model_info`` and context length from ``/v1/models``."""
@@ -137,7 +165,7 @@ class SGLangBackend:
             body = {
                 "input_ids": [*prompt_ids, *resumed],
                 "sampling_params": _sampling_params(request, budget),
-                "stream": self.stream,
+                "stream": streaming(self.stream, sliced),
                 "rid": uuid.uuid4().hex,
             }
             final = await self._generate(body)
@@ -197,7 +225,8 @@ class SGLangBackend:
         try:
             with wrap_errors("sglang /generate"):
                 if not body["stream"]:
-                    response = await self._http().post("/generate", json=body)
+                    with answer_lost("sglang /generate"):
+                        response = await self._http().post("/generate", json=body)
                     await raise_for_status(response, "sglang /generate")
                     data: dict[str, Any] = response.json()
                     return data
@@ -211,11 +240,10 @@ class SGLangBackend:
         ids: list[int] = []
         async with self._http().stream("POST", "/generate", json=body) as response:
             await raise_for_status(response, "sglang /generate")
-            async for event in sse_events(response):
-                ids = _merge_output_ids(ids, event)
-                final = event
-        if not final:
-            raise BackendError("sglang /generate: stream ended without any event")
+            with stream_breaks("sglang /generate", lambda: len(ids)):
+                async for event in sse_events(response):
+                    ids = _merge_output_ids(ids, event)
+                    final = event
         return {**final, "output_ids": ids}
 
     async def _abort(self, rid: str) -> None:
@@ -232,15 +260,14 @@ class SGLangBackend:
     async def _result(self, request: ChatRequest, final: dict[str, Any], sliced: bool, run_time: float) -> ChatResult:
         meta = final.get("meta_info") or {}
         finish = meta.get("finish_reason") or {}
-        if finish.get("type") == "abort":
-            raise BackendError(f"sglang aborted the request: {finish.get('message', '')}")
+        # No final reason (a stream cut short) or an abort: the generation is incomplete.
+        what = "sglang /generate" + (f" ({finish['message']})" if finish.get("message") else "")
+        produced = int(meta.get("completion_tokens") or 0)
+        reason = finish_reason(finish.get("type"), sliced=sliced, what=what, produced=produced)
         resume = request.resume
         token_ids = (*(resume.token_ids if resume else ()), *(int(t) for t in final.get("output_ids") or ()))
         # Decoding all ids at once keeps text exact across slice boundaries.
         text = await self._detokenize(token_ids) if resume else str(final.get("text", ""))
-        reason: FinishReason = "length" if finish.get("type") == "length" else "stop"
-        if reason == "length" and sliced:
-            reason = "slice"
         # SGLang looks for stop strings in new output only; one may span the resume
         # point. The resumed text itself holds none, or the last slice would have stopped.
         cut = find_stop(text, request.stop)
