@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 TESTS ?= tests
 PYTEST_ARGS ?=
 
-.PHONY: setup venv services services-stop services-status test run lint schema clean
+.PHONY: setup venv services services-stop services-status test run lint format schema clean
 
 setup: venv services
 
@@ -45,16 +45,24 @@ test: setup
 run: setup
 	$(BIN)/aiosd demo
 
-# mypy cannot follow setuptools' package_dir mapping, so it checks the aiosd.* packages
-# through a tree of symlinks laid out as they are installed.
+# mypy and import-linter cannot follow setuptools' package_dir mapping, so they read the
+# aiosd.* packages through a tree of symlinks laid out as they are installed.
 MYPY_TREE := build/mypy
 lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	rm -rf $(MYPY_TREE) && mkdir -p $(MYPY_TREE)/aiosd
 	ln -s ../../../sdk $(MYPY_TREE)/aiosd/sdk
 	ln -s ../../../daemon $(MYPY_TREE)/aiosd/daemon
 	ln -s ../../../workers $(MYPY_TREE)/aiosd/workers
 	cd $(MYPY_TREE) && ../../$(BIN)/mypy --config-file ../../setup.cfg \
 		--cache-dir ../../.mypy_cache -p aiosd.sdk -p aiosd.daemon -p aiosd.workers
+	PYTHONPATH=$(MYPY_TREE) $(BIN)/lint-imports --config setup.cfg --no-cache
+
+# ruff rewrites the tree to its format and applies its safe fixes.
+format: venv
+	$(BIN)/ruff check --fix -q .
+	$(BIN)/ruff format -q .
 
 schema: venv
 	$(BIN)/aiosd schema --write

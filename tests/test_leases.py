@@ -151,7 +151,7 @@ def test_session_affinity_while_balanced(world: World, make_scheduler: Any, work
     by_worker = {"wa": a, "wb": b}
     placed: dict[str, list[str]] = {"s1": [], "s2": []}
     with Client(world.amqp_url()) as client, ThreadPoolExecutor(2) as pool:
-        for round_ in range(3):
+        for _round in range(3):
             for session in ("s1", "s2"):
                 fut = ask(pool, client, session=session)
                 got = wait_until(lambda: next(((wid, w) for wid, w in by_worker.items() if not w.leases.empty()), None))

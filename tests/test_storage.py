@@ -147,7 +147,8 @@ def test_absolute_and_foreign_looking_paths_stay_in_the_namespace(client: Client
     written = write(client, "/etc/passwd", "just a file called /etc/passwd")
     assert written["owner"] == client.agent and written["path"] == "/etc/passwd"
     assert read(client, "etc/passwd")["text"] == "just a file called /etc/passwd"
-    assert "root:" in open("/etc/passwd").read()  # the host file is untouched, obviously
+    with open("/etc/passwd") as host_file:
+        assert "root:" in host_file.read()  # the host file is untouched, obviously
     bad_owner = fails(client, "read", {"path": "/x", "owner": "../alice"})
     assert bad_owner.code == "invalid_args" and "owner" in bad_owner.message
 

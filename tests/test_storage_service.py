@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from aiosd.daemon.access.authorizer import Policies
+from aiosd.daemon.access.authorizer import PolicyLookup
 from aiosd.daemon.access.counters import Counters
 from aiosd.daemon.access.directory import AGENTS, Directory
 from aiosd.daemon.access.policy import Policy
@@ -30,7 +30,7 @@ def db(world: World) -> Any:
 def service(db: Any, **policy: Any) -> StorageService:
     """A storage service whose guard reads ``AGENT``'s policy from the agents collection."""
     db[AGENTS].insert_one({"_id": AGENT, "policy": Policy(**policy).model_dump(mode="json"), "rev": "1"})
-    guard = PolicyStorageGuard(Policies(Directory(db[AGENTS])), Counters(db["counters"]))
+    guard = PolicyStorageGuard(PolicyLookup(Directory(db[AGENTS])), Counters(db["counters"]))
     return StorageService(db, guard)
 
 

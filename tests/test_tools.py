@@ -149,7 +149,7 @@ def test_a_memory_hog_is_stopped(client: Client) -> None:
 
 
 def test_tool_errors_are_reported(client: Client) -> None:
-    status, code, message = error_of(tool(client, "test_crash", {"how": "raise"}))
+    _, code, message = error_of(tool(client, "test_crash", {"how": "raise"}))
     assert (code, message.split(" at ")[0]) == ("tool_failed", "RuntimeError: the tool broke")
     assert error_of(tool(client, "test_crash", {"how": "exit"}))[1] == "tool_failed"
     assert error_of(tool(client, "calculator", {"expression": "1 / 0"}))[1:] == ("invalid_args", "division by zero")

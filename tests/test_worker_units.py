@@ -52,7 +52,7 @@ def test_openai_needs_a_url_and_defaults_to_capacity_eight() -> None:
 
 
 def test_sglang_connects_to_a_url_or_launches_a_model(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="backend_url .* or model_path"):
+    with pytest.raises(ConfigError, match=r"backend_url .* or model_path"):
         worker_config(_settings(backend="sglang"))
     remote = worker_config(_settings(backend="sglang", backend_url="http://gpu:30000", capacity=5))
     assert remote.launch is None and remote.capacity == 5
@@ -108,7 +108,7 @@ def test_chat_request_carries_every_argument_and_the_snapshot() -> None:
 @pytest.mark.parametrize("args", [{}, {"messages": [{"role": "robot", "content": "x"}]},
                                   {"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}])
 def test_invalid_args_are_a_bad_request(args: dict[str, Any]) -> None:
-    with pytest.raises(BackendBadRequest, match="invalid llm.chat arguments"):
+    with pytest.raises(BackendBadRequest, match=r"invalid llm\.chat arguments"):
         chat_request(_lease(args))
 
 

@@ -8,7 +8,7 @@ A registration is fresh when its last heartbeat is at most
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import MongoClient
@@ -36,7 +36,7 @@ def check_worker(settings: Settings, now: datetime | None = None) -> tuple[bool,
         return False, f"cannot read MongoDB: {type(exc).__name__}"
     finally:
         client.close()
-    return judge(worker_id, doc, settings.heartbeat_interval * STALE_BEATS, now or datetime.now(timezone.utc))
+    return judge(worker_id, doc, settings.heartbeat_interval * STALE_BEATS, now or datetime.now(UTC))
 
 
 def judge(worker_id: str, doc: dict[str, Any] | None, max_age: float, now: datetime) -> tuple[bool, str]:
@@ -47,7 +47,7 @@ def judge(worker_id: str, doc: dict[str, Any] | None, max_age: float, now: datet
     if not isinstance(last_seen, datetime):
         return False, f"worker {worker_id} has no last_seen time"
     if last_seen.tzinfo is None:
-        last_seen = last_seen.replace(tzinfo=timezone.utc)  # BSON dates are UTC
+        last_seen = last_seen.replace(tzinfo=UTC)  # BSON dates are UTC
     age = (now - last_seen).total_seconds()
     if age > max_age:
         return False, f"worker {worker_id} is stale: last heartbeat {age:.1f}s ago (limit {max_age:g}s)"

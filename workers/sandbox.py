@@ -93,7 +93,7 @@ async def run_job(job: Job, serve: Serve | None = None, scratch_root: str | None
         proc.stdin.write(json.dumps(request).encode() + b"\n")
         try:
             value = await asyncio.wait_for(_attempt(proc, job, serve, tail), job.limits.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ToolFailure(ErrorCode.TIME_LIMIT_EXCEEDED,
                               f"{job.name} ran longer than its timeout of {job.limits.timeout:g}s and was killed") from None
         return Done(value, round((time.monotonic() - started) * 1000.0, 3))
@@ -211,5 +211,5 @@ async def _tail(stream: asyncio.StreamReader) -> str:
 async def _result_of(task: asyncio.Future[str]) -> str:
     try:
         return await asyncio.wait_for(asyncio.shield(task), 1.0)
-    except (asyncio.TimeoutError, asyncio.CancelledError):
+    except (TimeoutError, asyncio.CancelledError):
         return ""

@@ -48,9 +48,9 @@ _FUNCTIONS: dict[str, Callable[..., Any]] = {
 
 
 def _power(base: Any, exp: Any) -> Any:
-    if isinstance(base, int) and isinstance(exp, int) and exp > 0 and abs(base) > 1:
-        if exp * math.log2(abs(base)) > MAX_BITS:
-            raise ToolError(f"the result would have more than {MAX_BITS} bits", "too_large")
+    too_big = isinstance(base, int) and isinstance(exp, int) and exp > 0 and abs(base) > 1
+    if too_big and exp * math.log2(abs(base)) > MAX_BITS:
+        raise ToolError(f"the result would have more than {MAX_BITS} bits", "too_large")
     return operator.pow(base, exp)
 
 

@@ -25,7 +25,7 @@ from aiosd.sdk.protocol import ErrorCode, Request, Usage, utcnow
 from aiosd.sdk.syscalls import served_by
 
 
-class Policies:
+class PolicyLookup:
     """The standing of an agent right now; no cache, so a change applies to the next call."""
 
     def __init__(self, directory: Directory, trusted: frozenset[str] = frozenset()) -> None:
@@ -52,7 +52,7 @@ Refusal = tuple[ErrorCode, str]
 class Meter:
     """Rate limit and per-period quotas on the atomic counters."""
 
-    def __init__(self, counters: Counters, policies: Policies) -> None:
+    def __init__(self, counters: Counters, policies: PolicyLookup) -> None:
         self._counters = counters
         self._policies = policies
 
@@ -130,7 +130,7 @@ class Refused(DaemonError):
 class PolicyAuthorizer:
     """The scheduler's authorizer (see :class:`~aiosd.daemon.pipeline.intake.Authorizer`): deny by default."""
 
-    def __init__(self, policies: Policies, meter: Meter, irreversible: Irreversible = never_irreversible) -> None:
+    def __init__(self, policies: PolicyLookup, meter: Meter, irreversible: Irreversible = never_irreversible) -> None:
         self._policies = policies
         self._meter = meter
         self._irreversible = irreversible
@@ -138,7 +138,7 @@ class PolicyAuthorizer:
     def authorize(self, agent: str, request: Request, args: BaseModel, priority: int) -> Admission:
         """Admit the call (with its effective priority) or raise :class:`Refused`."""
         standing = self._policies.standing(agent)
-        refusal = _check(agent, standing, request.syscall, args)
+        refusal = refusal_of(agent, standing, request.syscall, args)
         if refusal is None and standing is not None:
             refusal = self._meter.admit(agent, standing.policy, request.syscall)
         if refusal is not None or standing is None:
@@ -149,7 +149,7 @@ class PolicyAuthorizer:
         return Admission(min(priority, policy.max_priority), approval)
 
 
-def _check(agent: str, standing: Standing | None, syscall: str, args: BaseModel) -> Refusal | None:
+def refusal_of(agent: str, standing: Standing | None, syscall: str, args: BaseModel | None) -> Refusal | None:
     """The checks that count nothing: registered, enabled, syscall and model allowed."""
     if standing is None:
         return ErrorCode.DENIED, f"agent {agent!r} has no policy (deny by default): register it with `aiosd agents add {agent}`"

@@ -69,7 +69,7 @@ def run_demo(settings: Settings, agents: int) -> int:
         urls = _identities(settings, [f"demo-{kind}-{i}" for i, kind in enumerate(kinds)])
         console.print(f"[bold]aiosd demo[/]: {agents} sample agents, each its own broker user -> {settings.amqp_url.split('@')[-1]}")
         with ThreadPoolExecutor(agents) as pool:
-            runs = list(pool.map(lambda args: _agent(*args), zip(urls.items(), kinds)))
+            runs = list(pool.map(lambda args: _agent(*args), zip(urls.items(), kinds, strict=True)))
         _isolation(runs, urls)
         _report(runs)
         intact = _audit(settings)
@@ -133,7 +133,7 @@ def _isolation(runs: list[AgentRun], urls: dict[str, str]) -> None:
     """Each agent tries to read the next one's note: policies keep memory private."""
     if len(runs) < 2:
         return
-    for run, other in zip(runs, runs[1:] + runs[:1]):
+    for run, other in zip(runs, [*runs[1:], *runs[:1]], strict=True):
         with Client(urls[run.name], timeout=30) as client:
             reply = client.request("memory.get", {"id": other.note_id})
         if reply.error is None or reply.error.code.value != "not_found":

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from pymongo.collection import Collection
 
-from aiosd.daemon.access.authorizer import Policies
+from aiosd.daemon.access.authorizer import PolicyLookup
 from aiosd.daemon.store import Doc
 from aiosd.sdk.syscalls import served_by
 
@@ -22,7 +22,7 @@ ON_WORKER = ("leased", "settling")
 class LlmCaps:
     """Per-agent limits on LLM calls held by workers at once (``max_concurrent_llm``)."""
 
-    def __init__(self, policies: Policies, live: Collection[Doc]) -> None:
+    def __init__(self, policies: PolicyLookup, live: Collection[Doc]) -> None:
         self._policies = policies
         self._live = live
 

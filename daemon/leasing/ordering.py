@@ -1,4 +1,4 @@
-"""Scheduling policies: the order in which queued LLM calls are leased.
+"""Ordering policies: the order in which queued leased calls (LLM and tool calls) go out.
 
 A policy names the MongoDB sort that picks the window of queued calls worth
 considering (so a long backlog is never loaded whole) and then orders that
@@ -10,7 +10,7 @@ Program-aware policies (least attained service per ``program``) plug in here.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from aiosd.daemon.store import Doc
 
@@ -32,7 +32,7 @@ class Fifo:
 
     name = "fifo"
     slice_tokens: int | None = None
-    sort = [("queued_at", 1)]
+    sort: ClassVar[list[tuple[str, int]]] = [("queued_at", 1)]
 
     def order(self, queued: list[Doc]) -> list[Doc]:
         """Oldest queue entry first."""
@@ -44,7 +44,7 @@ class Priority:
 
     name = "priority"
     slice_tokens: int | None = None
-    sort = [("priority", -1), ("queued_at", 1)]
+    sort: ClassVar[list[tuple[str, int]]] = [("priority", -1), ("queued_at", 1)]
 
     def order(self, queued: list[Doc]) -> list[Doc]:
         """Priority descending, then oldest first."""

@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
-from aiosd.daemon.access.authorizer import Irreversible, Policies, never_irreversible
+from aiosd.daemon.access.authorizer import Irreversible, PolicyLookup, never_irreversible
 from aiosd.daemon.access.policy import resource_of
 from aiosd.daemon.audit.chain import AuditLog, Decision
 from aiosd.daemon.errors import AccessError
@@ -52,7 +52,7 @@ class Approvals:
         live: Collection[Doc],
         decisions: Collection[Doc],
         audit: AuditLog,
-        policies: Policies | None = None,
+        policies: PolicyLookup | None = None,
         timeout: float = 3600.0,
         outbox: Outbox | None = None,
         irreversible: Irreversible = never_irreversible,

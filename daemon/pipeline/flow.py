@@ -6,7 +6,9 @@ MongoDB owns the syscall: a crash anywhere after that is repaired by
 :meth:`Pipeline.recover`, which finishes accepted records and re-sends replies
 that may not have left. A call whose policy requires a human approval is
 parked by the :class:`Gate` after the ack instead of served; the approvals
-job runs (or denies) it once decided.
+job runs (or denies) it once decided. A leased syscall (LLM or tool call) is
+handed to :mod:`aiosd.daemon.leasing` after the ack and comes back through
+:class:`Completion`, the one way every syscall ends.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ import structlog
 from pydantic import BaseModel
 from pymongo.errors import ConnectionFailure, PyMongoError
 
+from aiosd.daemon.access.policy import resource_of
 from aiosd.daemon.audit.chain import AuditLog, Decision
 from aiosd.daemon.errors import Denied, SyscallFailed
-from aiosd.daemon.pipeline.completion import Completion
 from aiosd.daemon.pipeline.intake import Intake, Rejected, reply_allowed
 from aiosd.daemon.pipeline.kernel import Kernel
 from aiosd.daemon.pipeline.records import Envelope, Records, elapsed_ms, envelope_from_record
@@ -43,6 +45,51 @@ TRANSIENT = (ConnectionFailure,)
 #: Pause before handing a delivery back when MongoDB is failing, so a broken
 #: database does not turn into a hot redelivery loop.
 RETRY_PAUSE = 1.0
+
+
+#: Run a function on the syscall threads.
+Submit = Callable[[Callable[[], None]], None]
+
+
+class Completion:
+    """Commits, audits and sends replies."""
+
+    def __init__(self, records: Records, audit: AuditLog, outbox: Outbox, submit: Submit) -> None:
+        self._records = records
+        self._audit = audit
+        self._outbox = outbox
+        self._submit = submit
+
+    def finish(self, env: Envelope, reply: Reply) -> None:
+        """Commit ``reply`` as the syscall's result, audit it and send it (first completion wins)."""
+        if not self._records.complete(env, reply):
+            return
+        decision = {Status.OK: Decision.COMPLETED, Status.DENIED: Decision.DENIED}.get(reply.status, Decision.FAILED)
+        self.record(env, decision, reply.error.code.value if reply.error else None)
+        self.send(env, reply)
+
+    def record(self, env: Envelope, decision: Decision, code: str | None = None) -> None:
+        """Append one audit record about ``env``."""
+        self._audit.record(
+            agent=env.agent,
+            syscall=env.request.syscall,
+            message_id=env.message_id,
+            decision=decision,
+            code=code,
+            resource=resource_of(env.agent, env.request),
+        )
+
+    def send(self, env: Envelope, reply: Reply) -> None:
+        """Send a committed reply; mark the record replied once the broker confirmed it."""
+        key = env.key
+        if env.reply_to is None:
+            self._records.replied(key)
+            return
+
+        def on_sent() -> None:
+            self._submit(lambda: self._records.replied(key))
+
+        self._outbox.reply(env.reply_to, env.correlation_id, reply, on_sent)
 
 
 class Leasing(Protocol):

@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from aiosd.daemon.access.authorizer import Meter, Policies, PolicyAuthorizer
+from aiosd.daemon.access.authorizer import Meter, PolicyAuthorizer, PolicyLookup
 from aiosd.daemon.access.counters import COUNTERS, Counters
 from aiosd.daemon.access.directory import AGENTS, Directory
 from aiosd.daemon.audit.chain import AuditLog
@@ -26,8 +26,7 @@ from aiosd.daemon.leasing.ordering import make_ordering
 from aiosd.daemon.leasing.routing import Router
 from aiosd.daemon.leasing.work import LeasedWork
 from aiosd.daemon.pipeline.approvals import APPROVALS, Approvals
-from aiosd.daemon.pipeline.completion import Completion
-from aiosd.daemon.pipeline.flow import Pipeline
+from aiosd.daemon.pipeline.flow import Completion, Pipeline
 from aiosd.daemon.pipeline.intake import ANONYMOUS, Intake
 from aiosd.daemon.pipeline.kernel import Kernel
 from aiosd.daemon.pipeline.records import Records
@@ -57,7 +56,7 @@ def scheduler_user(amqp_url: str) -> str:
 
 
 def trusted_agents(settings: Settings) -> frozenset[str]:
-    """Agents that need no policy document: see :class:`~aiosd.daemon.access.authorizer.Policies`."""
+    """Agents that need no policy document: see :class:`~aiosd.daemon.access.authorizer.PolicyLookup`."""
     trusted = {scheduler_user(settings.amqp_url)} if settings.trust_scheduler_user else set()
     if settings.dev_allow_anonymous:
         trusted.add(ANONYMOUS)
@@ -90,7 +89,7 @@ def build_scheduler(settings: Settings) -> SchedulerGraph:
     outbox = LiveOutbox()
 
     # access control and audit
-    policies = Policies(Directory(store.db[AGENTS]), trusted_agents(settings))
+    policies = PolicyLookup(Directory(store.db[AGENTS]), trusted_agents(settings))
     counters = Counters(store.db[COUNTERS])
     meter = Meter(counters, policies)
     audit = AuditLog(store.audit, key=audit_key(settings))

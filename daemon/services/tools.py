@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from aiosd.daemon.access.authorizer import Policies
+from aiosd.daemon.access.authorizer import PolicyLookup
 from aiosd.daemon.services.context import CallContext
 from aiosd.daemon.store import Doc
 from aiosd.sdk.registry import ToolRegistry
@@ -27,7 +27,7 @@ from aiosd.sdk.tools import ToolCallArgs, ToolListArgs, ToolListResult
 class ToolService:
     """``tool.list`` and the tool-specific decisions of the other stages."""
 
-    def __init__(self, registry: ToolRegistry, policies: Policies | None = None) -> None:
+    def __init__(self, registry: ToolRegistry, policies: PolicyLookup | None = None) -> None:
         self.registry = registry
         self._policies = policies
 

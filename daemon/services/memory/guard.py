@@ -7,7 +7,7 @@ a quota on the note's size.
 
 from __future__ import annotations
 
-from aiosd.daemon.access.authorizer import Policies
+from aiosd.daemon.access.authorizer import PolicyLookup
 from aiosd.daemon.access.counters import Counters, memory_key
 from aiosd.daemon.access.policy import Policy
 from aiosd.daemon.errors import QuotaExceeded
@@ -17,7 +17,7 @@ from aiosd.daemon.store import Doc
 class PolicyMemoryGuard:
     """Who may read whose memory, and each agent's memory quota."""
 
-    def __init__(self, policies: Policies, counters: Counters) -> None:
+    def __init__(self, policies: PolicyLookup, counters: Counters) -> None:
         self._policies = policies
         self._counters = counters
 

@@ -34,7 +34,7 @@ def rank(query: str, docs: list[dict[str, Any]]) -> list[tuple[float, dict[str, 
         return []
     corpus = [_doc_tokens(d) for d in docs]
     scores = BM25Plus(corpus).get_scores(list(terms))
-    hits = [(float(score), doc) for score, doc, words in zip(scores, docs, corpus) if terms & set(words)]
+    hits = [(float(score), doc) for score, doc, words in zip(scores, docs, corpus, strict=True) if terms & set(words)]
     hits.sort(key=lambda pair: (-pair[0], -pair[1]["created_at"].timestamp()))
     return hits
 

@@ -160,7 +160,7 @@ class FileStore:
                 quota.reserve(grow)
             try:
                 entry = self._insert_version(owner, path, (head["current"] if head else 0) + 1, new)
-                after = self._save_head(owner, path, head, kept[len(pruned):] + [entry])
+                after = self._save_head(owner, path, head, [*kept[len(pruned):], entry])
             except BaseException:
                 # Nothing was committed: give the reservation back (the version document, if any, is an orphan).
                 if grow > 0:

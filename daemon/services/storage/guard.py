@@ -1,15 +1,15 @@
 """What the agents' policies say about storage: grants, groups, limits and the byte quota.
 
-The storage service asks this guard (see :class:`~.storage.StorageGuard`);
+The storage service asks this guard (see :class:`~.service.StorageGuard`);
 shares made with ``storage.share`` live with the service itself. The quota
 counts the bytes of every kept version of every file of an agent, in one
 counter document (``<agent>:storage``) changed by the exact, serialised
-updates of :class:`~.counters.Counters`.
+updates of :class:`~aiosd.daemon.access.counters.Counters`.
 """
 
 from __future__ import annotations
 
-from aiosd.daemon.access.authorizer import Policies
+from aiosd.daemon.access.authorizer import PolicyLookup
 from aiosd.daemon.access.counters import Counters
 from aiosd.daemon.access.policy import Policy
 from aiosd.daemon.errors import QuotaExceeded
@@ -25,7 +25,7 @@ def storage_key(agent: str) -> str:
 class PolicyStorageGuard:
     """Answers the storage service from the agents' current policies and counters."""
 
-    def __init__(self, policies: Policies, counters: Counters) -> None:
+    def __init__(self, policies: PolicyLookup, counters: Counters) -> None:
         self._policies = policies
         self._counters = counters
 

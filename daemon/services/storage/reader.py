@@ -24,7 +24,7 @@ from aiosd.sdk.tools import FileBytes, StorageReader, ToolFailure
 
 
 class OwnStorage:
-    """A :class:`~.toolservices.StorageReader` over the scheduler's database."""
+    """A :class:`~aiosd.sdk.tools.StorageReader` over the scheduler's database."""
 
     def __init__(self, store: Store) -> None:
         self._store = store

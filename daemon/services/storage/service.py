@@ -15,7 +15,7 @@ Every write is a new version; the owner's policy keeps the last
 versions stay and still count) and undone by ``rollback``; ``delete`` with
 ``purge`` removes every version and frees the bytes. Writes by another agent
 through a write share count against the owner, whose namespace holds them.
-Layout and consistency: :mod:`.filestore`, :mod:`.blobs`, :mod:`.shares`.
+Layout and consistency: :mod:`.files`, :mod:`.blobs`, :mod:`.shares`.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class StorageLimits:
 
 
 class StorageGuard(Protocol):
-    """Policy decisions the storage service asks for (see :mod:`.storageguard`)."""
+    """Policy decisions the storage service asks for (see :mod:`.guard`)."""
 
     def limits(self, owner: str) -> StorageLimits: ...
 
@@ -91,7 +91,7 @@ class StorageGuard(Protocol):
 
 
 class _OwnerQuota:
-    """The :class:`~.filestore.Quota` of one owner (unlimited without a guard)."""
+    """The :class:`~.files.Quota` of one owner (unlimited without a guard)."""
 
     def __init__(self, guard: StorageGuard | None, owner: str) -> None:
         self._guard, self._owner = guard, owner
@@ -195,7 +195,7 @@ class StorageService:
         return _share_list(self._shares.remove(ctx.agent, args.path, args.agent, args.group))
 
     def sweep(self) -> int:
-        """Housekeeping: delete pruned and purged versions (see :meth:`.FileStore.sweep`)."""
+        """Housekeeping: delete pruned and purged versions (see :meth:`~.files.FileStore.sweep`)."""
         count = self.files.sweep()
         if count:
             log.info("storage_swept", versions=count)

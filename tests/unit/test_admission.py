@@ -1,0 +1,149 @@
+"""Admission: intake's protocol checks, the policy checks that count nothing, per-agent LLM caps."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from aiosd.daemon.access.authorizer import Admission, Refused, refusal_of
+from aiosd.daemon.access.directory import Standing
+from aiosd.daemon.access.policy import Policy
+from aiosd.daemon.leasing.caps import CapRound
+from aiosd.daemon.pipeline.intake import ANONYMOUS, Intake, OwnDataAuthorizer, Rejected
+from aiosd.daemon.transport.delivery import Delivery
+from aiosd.sdk.llm import LlmChatArgs
+from aiosd.sdk.protocol import ErrorCode, Request, Status
+from aiosd.sdk.syscalls import MemoryAddArgs
+from aiosd.sdk.tools import ToolCallArgs
+
+
+def _delivery(body: Any, **props: Any) -> Delivery:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    fields: dict[str, Any] = {
+        "message_id": "m1", "correlation_id": "c1", "reply_to": "aiosd.reply.alice.1", "priority": 3, "user_id": "alice",
+    }
+    fields.update(props)
+    return Delivery(body=raw, ack=lambda: None, nack=lambda _r: None, dead_letter=lambda _c, _r: None, **fields)
+
+
+def _intake(**kw: Any) -> Intake:
+    options: dict[str, Any] = {"max_body_bytes": 4096, "allow_anonymous": False, "authorizer": OwnDataAuthorizer()}
+    options.update(kw)
+    return Intake(**options)
+
+
+HI = [{"role": "user", "content": "hi"}]
+ADD = {"syscall": "memory.add", "args": {"content": "hello"}}
+
+
+def test_a_valid_call_is_accepted_with_the_broker_proven_identity() -> None:
+    accepted = _intake().admit(_delivery(ADD))
+    env = accepted.envelope
+    assert (env.agent, env.message_id, env.priority, env.correlation_id) == ("alice", "m1", 3, "c1")
+    assert isinstance(accepted.args, MemoryAddArgs) and accepted.args.content == "hello"
+
+
+@pytest.mark.parametrize(
+    ("body", "props", "code"),
+    [
+        (ADD, {"user_id": None}, ErrorCode.UNAUTHENTICATED),
+        (b"x" * 5000, {}, ErrorCode.TOO_LARGE),
+        (ADD, {"message_id": None}, ErrorCode.INVALID_REQUEST),
+        (ADD, {"message_id": "a/b"}, ErrorCode.INVALID_REQUEST),
+        (ADD, {"reply_to": "aiosd.reply.bob.1"}, ErrorCode.INVALID_REQUEST),
+        (b"{not json", {}, ErrorCode.MALFORMED),
+        ({"syscall": "memory.fly", "args": {}}, {}, ErrorCode.UNKNOWN_SYSCALL),
+        ({"syscall": "memory.add", "args": {"content": ""}}, {}, ErrorCode.INVALID_ARGS),
+        ({"syscall": "memory.add", "args": {"content": "x", "metadata": {"$where": 1}}}, {}, ErrorCode.INVALID_ARGS),
+        ({"v": 2, **ADD}, {}, ErrorCode.UNSUPPORTED_VERSION),
+    ],
+)
+def test_protocol_violations_are_rejected_with_their_code(body: Any, props: dict[str, Any], code: ErrorCode) -> None:
+    with pytest.raises(Rejected) as caught:
+        _intake().admit(_delivery(body, **props))
+    assert caught.value.code == code
+    assert caught.value.dead_letter  # protocol violations are dead-lettered, not only answered
+
+
+def test_priority_is_clamped_to_the_protocol_range_then_to_the_authorizers_word() -> None:
+    assert _intake().admit(_delivery(ADD, priority=42)).envelope.priority == 9
+    assert _intake().admit(_delivery(ADD, priority=-3)).envelope.priority == 0
+
+    class AtMostTwo:
+        def authorize(self, agent: str, request: Request, args: Any, priority: int) -> Admission:
+            return Admission(min(priority, 2))
+
+    assert _intake(authorizer=AtMostTwo()).admit(_delivery(ADD, priority=8)).envelope.priority == 2
+
+
+def test_an_authorizers_refusal_is_answered_and_audited_as_denied_but_not_dead_lettered() -> None:
+    class No:
+        def authorize(self, agent: str, request: Request, args: Any, priority: int) -> Admission:
+            raise Refused(ErrorCode.QUOTA_EXCEEDED, "used up", resource="memory:alice")
+
+    with pytest.raises(Rejected) as caught:
+        _intake(authorizer=No()).admit(_delivery(ADD))
+    rej = caught.value
+    assert (rej.code, rej.status, rej.dead_letter, rej.resource) == (
+        ErrorCode.QUOTA_EXCEEDED, Status.DENIED, False, "memory:alice",
+    )
+
+
+def test_the_anonymous_agent_exists_only_in_development_mode() -> None:
+    env = _intake(allow_anonymous=True).admit(_delivery(ADD, user_id=None, reply_to="anything")).envelope
+    assert env.agent == ANONYMOUS
+
+
+def test_an_extra_check_can_refuse_validated_arguments() -> None:
+    intake = _intake(checks={"memory.add": lambda args: "no greetings" if "hello" in str(args) else None})
+    with pytest.raises(Rejected, match="no greetings"):
+        intake.admit(_delivery(ADD))
+
+
+def _standing(**policy: Any) -> Standing:
+    return Standing(Policy(**policy))
+
+
+def test_deny_by_default_and_disabled_agents_are_refused() -> None:
+    args = MemoryAddArgs(content="x")
+    refusal = refusal_of("ghost", None, "memory.add", args)
+    assert refusal is not None and refusal[0] == ErrorCode.DENIED and "deny by default" in refusal[1]
+    disabled = Standing(Policy(), disabled=True)
+    refusal = refusal_of("alice", disabled, "memory.add", args)
+    assert refusal is not None and "disabled" in refusal[1]
+    assert refusal_of("alice", _standing(), "memory.add", args) is None
+
+
+def test_syscall_model_and_tool_patterns_are_enforced() -> None:
+    only_memory = _standing(syscalls=["memory.*"])
+    assert refusal_of("a", only_memory, "storage.write", None) is not None
+    small_models = _standing(models=["smol*"])
+    assert refusal_of("a", small_models, "llm.chat", LlmChatArgs(model="smollm2", messages=HI)) is None
+    refusal = refusal_of("a", small_models, "llm.chat", LlmChatArgs(model="gpt", messages=HI))
+    assert refusal is not None and "model 'gpt'" in refusal[1]
+    unnamed = refusal_of("a", small_models, "llm.chat", LlmChatArgs(messages=HI))
+    assert unnamed is not None and "unnamed model" in unnamed[1]
+    calc_only = _standing(tools=["calculator"])
+    assert refusal_of("a", calc_only, "tool.call", ToolCallArgs(name="calculator")) is None
+    assert refusal_of("a", calc_only, "tool.call", ToolCallArgs(name="regex")) is not None
+
+
+def test_a_cap_round_admits_an_agent_until_it_holds_its_maximum() -> None:
+    limits = {"capped": 2, "free": None}
+    asked: list[str] = []
+
+    def limit_of(agent: str) -> int | None:
+        asked.append(agent)
+        return limits[agent]
+
+    cap = CapRound(Counter({"capped": 1}), limit_of)
+    assert cap.admits("capped")
+    cap.took("capped")
+    assert not cap.admits("capped")
+    for _ in range(10):
+        assert cap.admits("free")
+        cap.took("free")
+    assert asked.count("capped") == 1 and asked.count("free") == 1  # one policy read per agent per round
