@@ -43,8 +43,8 @@ class AsyncClient:
     def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT, connect_timeout: float = 10.0) -> None:
         self.timeout = timeout
         self._transport = Transport(url, connect_timeout=connect_timeout)
-        self.memory = AsyncMemory(self)
-        self.tools = AsyncTools(self)
+        self.memory = AsyncMemorySyscalls(self)
+        self.tools = AsyncToolSyscalls(self)
 
     @classmethod
     async def connect(cls, url: str, **kwargs: Any) -> AsyncClient:
@@ -108,7 +108,7 @@ class AsyncClient:
             raise CallTimeout(call_id, limit) from None
 
 
-class AsyncTools:
+class AsyncToolSyscalls:
     """``tool.*`` syscalls of an :class:`AsyncClient`."""
 
     def __init__(self, client: AsyncClient) -> None:
@@ -123,7 +123,7 @@ class AsyncTools:
         return await self._client.run(tool_list())
 
 
-class AsyncMemory:
+class AsyncMemorySyscalls:
     """``memory.*`` syscalls of an :class:`AsyncClient`."""
 
     def __init__(self, client: AsyncClient) -> None:

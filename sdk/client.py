@@ -46,8 +46,8 @@ class Client:
     def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT, connect_timeout: float = 10.0) -> None:
         self.timeout = timeout
         self._transport = Transport(url, connect_timeout=connect_timeout)
-        self.memory = Memory(self)
-        self.tools = Tools(self)
+        self.memory = MemorySyscalls(self)
+        self.tools = ToolSyscalls(self)
         self._transport.start()
 
     @property
@@ -119,7 +119,7 @@ class Client:
             raise CallTimeout(call_id, limit) from None
 
 
-class Tools:
+class ToolSyscalls:
     """``tool.*`` syscalls of a :class:`Client`."""
 
     def __init__(self, client: Client) -> None:
@@ -134,7 +134,7 @@ class Tools:
         return self._client.run(tool_list())
 
 
-class Memory:
+class MemorySyscalls:
     """``memory.*`` syscalls of a :class:`Client`."""
 
     def __init__(self, client: Client) -> None:

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from aiosd.daemon.access.policy import Policy, parse_policy
-from aiosd.daemon.admin.broker import agent_permissions
+from aiosd.daemon.admin.management import agent_permissions
 from aiosd.sdk import CallError, Client
 
 from .harness import ROOT, AgentRegistry, SchedulerProcess, World, management

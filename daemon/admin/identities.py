@@ -15,7 +15,7 @@ from pymongo.collection import Collection
 from aiosd.daemon.access.counters import COUNTERS, Counters
 from aiosd.daemon.access.directory import AGENTS, Directory
 from aiosd.daemon.access.policy import Policy, validate_agent_name
-from aiosd.daemon.admin.broker import BrokerAdmin, agent_url, vhost_of
+from aiosd.daemon.admin.management import BrokerAdmin, agent_url, vhost_of
 from aiosd.daemon.audit.chain import AuditLog, Decision
 from aiosd.daemon.errors import AccessError, AgentExists
 from aiosd.daemon.runtime.wiring import audit_key

@@ -31,7 +31,7 @@ from aiosd.daemon.errors import Denied, NotFound, SyscallFailed
 from aiosd.daemon.services.context import CallContext
 from aiosd.daemon.services.storage.blobs import INLINE_MAX, Blobs
 from aiosd.daemon.services.storage.files import Committed, FileStore, NewVersion, Quota, find_entry, gone
-from aiosd.daemon.services.storage.shares import SHARES, Shares, grants, reaches
+from aiosd.daemon.services.storage.shares import SHARES, ShareStore, grants, reaches
 from aiosd.daemon.store import Doc
 from aiosd.sdk.process.logs import get_logger
 from aiosd.sdk.protocol import ErrorCode
@@ -110,7 +110,7 @@ class StorageService:
 
     def __init__(self, db: Database[Doc], guard: StorageGuard | None = None, inline_max: int = INLINE_MAX) -> None:
         self.files = FileStore(db, Blobs(db, inline_max))
-        self._shares = Shares(db[SHARES])
+        self._shares = ShareStore(db[SHARES])
         self._guard = guard
 
     # -- syscalls ----------------------------------------------------------------

@@ -55,7 +55,7 @@ def reaches(share: Doc, reader: str, groups: Names[str]) -> bool:
     return share.get("agent") == reader or (share.get("group") is not None and share["group"] in groups)
 
 
-class Shares:
+class ShareStore:
     """The ``storage_shares`` collection."""
 
     def __init__(self, collection: Collection[Doc]) -> None:
