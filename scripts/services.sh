@@ -12,7 +12,11 @@ BIN_DIR=${XDG_CACHE_HOME:-$HOME/.cache}/aiosd/bin
 TIMEOUT=${AIOSD_SERVICES_TIMEOUT:-90}
 
 FERRETDB_VERSION=v1.24.2
-FERRETDB=$BIN_DIR/ferretdb
+# The development server carries one patch (scripts/ferretdb-id-index.patch): its SQLite handler
+# addresses _id with an expression the _id index does not match, so every lookup by _id scanned
+# the table. The binary's name carries the patch's hash, so a changed patch means a new build.
+FERRETDB_PATCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/ferretdb-id-index.patch
+FERRETDB=$BIN_DIR/ferretdb-$FERRETDB_VERSION-$(sha256sum "$FERRETDB_PATCH" | cut -c1-12)
 
 RMQ_SBIN=/usr/lib/rabbitmq/bin
 RMQ_DIR=$STATE_DIR/rabbitmq
@@ -150,6 +154,8 @@ build_ferretdb() {
     cp -r "$src" "$tmp/src"
     chmod -R u+w "$tmp/src"
     echo "$FERRETDB_VERSION" >"$tmp/src/build/version/version.txt"
+    patch -s -d "$tmp/src" -p1 <"$FERRETDB_PATCH" \
+        || { rm -rf "$tmp"; die "could not apply $FERRETDB_PATCH to FerretDB $FERRETDB_VERSION"; }
     (cd "$tmp/src" && CGO_ENABLED=0 "$go" build -trimpath -o "$FERRETDB.tmp" ./cmd/ferretdb) \
         || { rm -rf "$tmp" "$FERRETDB.tmp"; die "FerretDB build failed"; }
     rm -rf "$tmp"
@@ -236,6 +242,13 @@ stop_rabbitmq() {
 # --- FerretDB -------------------------------------------------------------------------------
 
 start_ferretdb() {
+    # A server this script started from another build (before the patch changed) is replaced;
+    # its data stays in $FDB_DIR.
+    if pid_alive "$FDB_PID" ferretdb && [[ $(readlink "/proc/$(<"$FDB_PID")/exe") != "$FERRETDB" ]]; then
+        say "restarting ferretdb on the current build ($FERRETDB)"
+        kill_wait "$(<"$FDB_PID")"
+        rm -f "$FDB_PID"
+    fi
     if ferretdb_up; then
         say "ferretdb up on $HOST:$MONGO_PORT"
         return
