@@ -253,25 +253,33 @@ def test_streams_cut_short_are_failed_attempts_never_answers(subject: Subject) -
         pytest.skip("only llama_cpp.server (and its stand-in) cut streams short")
     calls = subject.calls[:4]
 
-    async def scenario() -> tuple[list[Answer], Run]:
+    async def scenario() -> tuple[list[Answer], Run, list[str], list[str]]:
         direct = [await subject.direct(call) for call in calls]
-        backend = subject.make(stream=True)
+        backend, default = subject.make(stream=True), subject.make()
         try:
             run = await run_concurrently(
                 subject, engine_for(backend, "openai", len(calls)), [lease(i, c) for i, c in enumerate(calls)]
             )
+            await default.start()
+            return direct, run, await backend.check(), await default.check()
         finally:
             await backend.close()
-        return direct, run
+            await default.close()
 
-    direct, run = asyncio.run(scenario())
+    direct, run, warnings, default_warnings = asyncio.run(scenario())
+    # The start-up check recognises llama_cpp.server and warns only when streaming is forced.
+    if subject.name == "llama_cpp.server":
+        assert any("--interrupt_requests False" in w for w in warnings), warnings
+    else:
+        assert warnings == []
+    assert default_warnings == []
     failed = [o for o in run.outcomes if o.status == "error"]
     for expected, outcome in zip(direct, run.outcomes, strict=True):
         if outcome.status == "done":
             assert (outcome.text, outcome.finish_reason) == (expected.text, expected.finish_reason)
         else:
             assert outcome.retryable and outcome.error_code is ErrorCode.UNAVAILABLE
-            assert "without a finish reason" in (outcome.error_message or "")
+            assert "output is incomplete" in (outcome.error_message or ""), outcome.error_message
     assert failed, "the server interrupts queued streams: some must have been cut (and caught)"
 
 

@@ -94,8 +94,14 @@ def error_outcome(base: dict[str, Any], exc: Exception, run_ms: float) -> Outcom
     """The ``error`` outcome for a failed call; see :func:`classify`."""
     code, retryable, message = classify(exc)
     log_method = log.error if code is ErrorCode.INTERNAL else log.warning
-    log_method("call_failed", lease_id=base["lease_id"], key=base["key"], code=code.value, error=message,
-               exc_info=code is ErrorCode.INTERNAL)
+    log_method(
+        "call_failed",
+        lease_id=base["lease_id"],
+        key=base["key"],
+        code=code.value,
+        error=message,
+        exc_info=code is ErrorCode.INTERNAL,
+    )
     return Outcome(**base, status="error", error_code=code, error_message=message, retryable=retryable, run_ms=run_ms)
 
 
@@ -118,8 +124,7 @@ def classify(exc: Exception) -> tuple[ErrorCode, bool, str]:
 
 def released_outcome(lease: Lease, worker_id: str, reason: str) -> Outcome:
     """Hand ``lease`` back unfinished (the worker is stopping)."""
-    return Outcome(worker_id=worker_id, lease_id=lease.lease_id, key=lease.key, status="released",
-                   error_message=reason)
+    return Outcome(worker_id=worker_id, lease_id=lease.lease_id, key=lease.key, status="released", error_message=reason)
 
 
 def _ms_since(started: float) -> float:

@@ -73,8 +73,12 @@ class Worker:
     """
 
     def __init__(
-        self, settings: Settings, lifecycle: Lifecycle, config: WorkerConfig | None = None,
-        engine: Driver | None = None, kind: WorkerKind = "llm",
+        self,
+        settings: Settings,
+        lifecycle: Lifecycle,
+        config: WorkerConfig | None = None,
+        engine: Driver | None = None,
+        kind: WorkerKind = "llm",
         interrupted: Callable[[Lease, str, str], Outcome] = released_outcome,
     ) -> None:
         self.settings = settings
@@ -92,8 +96,12 @@ class Worker:
 
     def run(self) -> None:
         """Start, serve until asked to stop, drain. Raises ServiceUnavailable if it cannot serve."""
-        log.info("worker_starting", worker_id=self.config.worker_id, backend=self.config.backend,
-                 capacity=self.config.capacity)
+        log.info(
+            "worker_starting",
+            worker_id=self.config.worker_id,
+            backend=self.config.backend,
+            capacity=self.config.capacity,
+        )
         self.runner.start()
         try:
             if self._start():
@@ -195,8 +203,14 @@ class Worker:
             log.warning("lease_expired_on_arrival", lease_id=lease.lease_id, key=lease.key)
         held.future = self.runner.submit(self.engine.run(lease))
         held.future.add_done_callback(partial(self._finished, lease))
-        log.info("lease_started", lease_id=lease.lease_id, key=lease.key, attempt=lease.attempt,
-                 slice_tokens=lease.slice_tokens, resumed=lease.resume is not None)
+        log.info(
+            "lease_started",
+            lease_id=lease.lease_id,
+            key=lease.key,
+            attempt=lease.attempt,
+            slice_tokens=lease.slice_tokens,
+            resumed=lease.resume is not None,
+        )
 
     def _finished(self, lease: Lease, future: concurrent.futures.Future[Outcome]) -> None:
         # Runner thread (main thread for a cancel): queue the outcome, wake the main loop.
@@ -219,8 +233,14 @@ class Worker:
             held = self.ledger.settle(outcome.lease_id)
             if held is not None and held.connection is broker:
                 broker.ack(held.tag)
-            log.info("lease_settled", lease_id=outcome.lease_id, key=outcome.key, status=outcome.status,
-                     error_code=outcome.error_code, run_ms=outcome.run_ms)
+            log.info(
+                "lease_settled",
+                lease_id=outcome.lease_id,
+                key=outcome.key,
+                status=outcome.status,
+                error_code=outcome.error_code,
+                run_ms=outcome.run_ms,
+            )
 
     # -- heartbeat -------------------------------------------------------------------
 
@@ -240,9 +260,16 @@ class Worker:
             self.lifecycle.request_stop()
         info = self.engine.info
         state = WorkerState(
-            worker_id=self.config.worker_id, kind=self.kind, host=self.config.host, backend=self.config.backend,
-            model=info.name, context_length=info.context_length, capacity=self.config.capacity,
-            leases=self.ledger.lease_ids(), healthy=probe.healthy, draining=self._draining,
+            worker_id=self.config.worker_id,
+            kind=self.kind,
+            host=self.config.host,
+            backend=self.config.backend,
+            model=info.name,
+            context_length=info.context_length,
+            capacity=self.config.capacity,
+            leases=self.ledger.lease_ids(),
+            healthy=probe.healthy,
+            draining=self._draining,
             metrics=probe.metrics,
         )
         broker.publish(Heartbeat(worker=state))

@@ -20,8 +20,14 @@ FAKE = str(Path(__file__).with_name("fake_launch_server.py"))
 
 
 def _launch(model_dir: Path) -> SGLangLaunch:
-    return SGLangLaunch(model_path=str(model_dir), port=free_port(), mem_fraction_static=0.8,
-                        max_running_requests=64, schedule_policy="lpm", program=(sys.executable, FAKE))
+    return SGLangLaunch(
+        model_path=str(model_dir),
+        port=free_port(),
+        mem_fraction_static=0.8,
+        max_running_requests=64,
+        schedule_policy="lpm",
+        program=(sys.executable, FAKE),
+    )
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -42,11 +48,24 @@ def _alive(pid: int) -> bool:
 
 
 def test_command_line() -> None:
-    launch = SGLangLaunch(model_path="/models/qwen", port=30001, mem_fraction_static=0.85,
-                          max_running_requests=128, schedule_policy="lpm")
+    launch = SGLangLaunch(
+        model_path="/models/qwen", port=30001, mem_fraction_static=0.85, max_running_requests=128, schedule_policy="lpm"
+    )
     assert launch.command()[1:] == [
-        "-m", "sglang.launch_server", "--model-path", "/models/qwen", "--host", "127.0.0.1", "--port", "30001",
-        "--mem-fraction-static", "0.85", "--max-running-requests", "128", "--schedule-policy", "lpm",
+        "-m",
+        "sglang.launch_server",
+        "--model-path",
+        "/models/qwen",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "30001",
+        "--mem-fraction-static",
+        "0.85",
+        "--max-running-requests",
+        "128",
+        "--schedule-policy",
+        "lpm",
         "--enable-metrics",
     ]
     assert launch.url == "http://127.0.0.1:30001"

@@ -33,8 +33,21 @@ PERSON = {
 def server_url() -> Iterator[str]:
     """llama_cpp.server with SmolLM2 on a free port; stopped (by its pid) afterwards."""
     port = free_port()
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(bundled_gguf()), "--host", "127.0.0.1",
-               "--port", str(port), "--n_ctx", "2048", "--n_threads", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(bundled_gguf()),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        "2048",
+        "--n_threads",
+        "1",
+    ]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -103,8 +116,9 @@ def test_stream_and_single_agree_on_greedy_text(server_url: str) -> None:
 
 
 def test_json_schema_output_is_valid(server_url: str) -> None:
-    request = _ask("Give me a JSON object describing a person with a name and an age.", response_format=PERSON,
-                   max_tokens=60)
+    request = _ask(
+        "Give me a JSON object describing a person with a name and an age.", response_format=PERSON, max_tokens=60
+    )
     document = json.loads(asyncio.run(_with_backend(server_url, False, request)).text)
     assert isinstance(document["name"], str) and isinstance(document["age"], int)
 

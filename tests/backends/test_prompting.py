@@ -34,7 +34,7 @@ def test_template_from_model_dir_renders_generation_prompt(model_dir: Path) -> N
 
 
 def test_template_errors(tmp_path: Path) -> None:
-    with pytest.raises(BackendUnavailable, match="tokenizer_config.json"):
+    with pytest.raises(BackendUnavailable, match=r"tokenizer_config\.json"):
         ChatTemplate.from_model_dir(tmp_path)
     strict = ChatTemplate("{% if messages[0]['role'] != 'system' %}{{ raise_exception('system first') }}{% endif %}")
     with pytest.raises(BackendBadRequest, match="system first"):

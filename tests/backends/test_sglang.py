@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from pathlib import Path
 
@@ -86,15 +87,18 @@ def test_chat_answers_with_usage(contract: ContractServer, stream: bool) -> None
 
 
 def test_stream_text_is_cumulative(contract: ContractServer) -> None:
-    body = {"text": "<|im_start|>user\nabc<|im_end|>\n<|im_start|>assistant\n",
-            "sampling_params": {"max_new_tokens": 50}, "stream": True}
+    body = {
+        "text": "<|im_start|>user\nabc<|im_end|>\n<|im_start|>assistant\n",
+        "sampling_params": {"max_new_tokens": 50},
+        "stream": True,
+    }
     texts = []
     with httpx.stream("POST", f"{contract.url}/generate", json=body) as response:
         lines = [line for line in response.iter_lines() if line.startswith("data:")]
     assert lines[-1] == "data: [DONE]"
     for line in lines[:-1]:
         texts.append(json.loads(line[5:])["text"])
-    assert all(b.startswith(a) for a, b in zip(texts, texts[1:], strict=False))
+    assert all(b.startswith(a) for a, b in itertools.pairwise(texts))
     assert texts[-1] == "Echo: abc"
 
 
@@ -161,7 +165,7 @@ def test_json_mode(contract: ContractServer) -> None:
         backend = SGLangBackend(contract.url)
         await backend.start()
         try:
-            with pytest.raises(OutputInvalid, match="JSON Schema.*'name' is a required property"):
+            with pytest.raises(OutputInvalid, match=r"JSON Schema.*'name' is a required property"):
                 await backend.chat(_request(response_format=wrong))
             with pytest.raises(BackendBadRequest, match="not a valid JSON Schema"):
                 await backend.chat(_request(response_format={"type": "no-such-type"}))

@@ -11,7 +11,9 @@ from sglang_contract import ContractServer
 def test_smoke_passes_against_sglang_contract(contract: ContractServer) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "aiosd.workers.smoke", "--backend", "sglang", "--url", contract.url],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode == 0, run.stdout + run.stderr
     lines = run.stdout.splitlines()

@@ -60,7 +60,7 @@ def test_streaming_rule() -> None:
 
 def test_backend_stream_setting_reaches_the_http_backends() -> None:
     def options(**fields: Any) -> dict[str, Any]:
-        return worker_config(Settings(worker_id="w", backend_url="http://h:1", **fields)).options
+        return dict(worker_config(Settings(worker_id="w", backend_url="http://h:1", **fields)).options)
 
     assert "stream" not in options(backend="openai")
     assert options(backend="openai", backend_stream="always")["stream"] is True
