@@ -1,7 +1,8 @@
 """asyncio aiosd client: the same calls as :class:`~aiosd.sdk.client.Client`, awaitable.
 
-The AMQP work happens on the transport's own threads; coroutines await
-futures bridged into the running loop, so the event loop never blocks.
+The AMQP work happens on the transport's own I/O thread (heartbeats and
+reconnects included); coroutines queue requests and await futures bridged into
+the running loop, so the event loop never blocks.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from .errors import CallTimeout
 from .protocol import Reply, Request
 from .syscalls import Note, NoteRef, SearchResult
 from .tools import ToolCallResult, ToolListResult
-from .transport import Transport
+from .transport import ConnectionStats, Transport
 
 
 class AsyncClient:
@@ -40,9 +41,21 @@ class AsyncClient:
     Use ``async with AsyncClient(url) as client:`` or ``await AsyncClient.connect(url)``.
     """
 
-    def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT, connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        connect_timeout: float = 10.0,
+        heartbeat: int | None = None,
+    ) -> None:
+        """Prepare a client for ``url``; it connects in ``async with`` or :meth:`connect`.
+
+        ``heartbeat`` is the AMQP heartbeat in seconds (default: the URL's
+        ``?heartbeat=``, else 30; 0 turns heartbeats off).
+        """
         self.timeout = timeout
-        self._transport = Transport(url, connect_timeout=connect_timeout)
+        self._transport = Transport(url, connect_timeout=connect_timeout, heartbeat=heartbeat)
         self.memory = AsyncMemorySyscalls(self)
         self.tools = AsyncToolSyscalls(self)
 
@@ -58,6 +71,11 @@ class AsyncClient:
         """The agent name: the broker user this client authenticates as."""
         return self._transport.agent
 
+    @property
+    def connection_stats(self) -> ConnectionStats:
+        """How often the connection was lost and re-established, and what that recovered."""
+        return self._transport.stats
+
     async def close(self) -> None:
         """Close the connections."""
         await asyncio.to_thread(self._transport.close)
@@ -69,9 +87,7 @@ class AsyncClient:
     async def __aexit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
         await self.close()
 
-    async def request(
-        self, syscall: str, args: dict[str, Any] | None = None, **options: Unpack[CallOptions]
-    ) -> Reply:
+    async def request(self, syscall: str, args: dict[str, Any] | None = None, **options: Unpack[CallOptions]) -> Reply:
         """Send a syscall and return its full :class:`Reply`, whatever the status."""
         req = Request(syscall=syscall, args=args or {}, session=options.get("session"), program=options.get("program"))
         return await self._send(req, options.get("priority", 0), options.get("timeout"), options.get("message_id"))
@@ -98,14 +114,13 @@ class AsyncClient:
 
     async def _send(self, req: Request, priority: int, timeout: float | None, message_id: str | None) -> Reply:
         limit = self.timeout if timeout is None else timeout
-        call_id, fut = await asyncio.to_thread(
-            self._transport.publish, req, message_id=message_id, priority=priority
-        )
+        # publish only queues the request for the I/O thread: it never blocks the loop.
+        call = self._transport.publish(req, message_id=message_id, priority=priority)
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(fut), limit)
+            return await asyncio.wait_for(asyncio.wrap_future(call.reply), limit)
         except TimeoutError:
-            self._transport.forget(call_id)
-            raise CallTimeout(call_id, limit) from None
+            self._transport.forget(call.call_id)
+            raise CallTimeout(call.call_id, limit) from None
 
 
 class AsyncToolSyscalls:
@@ -138,8 +153,11 @@ class AsyncMemorySyscalls:
         return await self._client.run(memory_get(note_id))
 
     async def update(
-        self, note_id: str, content: str | None = None,
-        tags: list[str] | None = None, metadata: dict[str, Any] | None = None,
+        self,
+        note_id: str,
+        content: str | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> Note:
         """Change a note; return it as stored."""
         return await self._client.run(memory_update(note_id, content, tags, metadata))
@@ -149,8 +167,13 @@ class AsyncMemorySyscalls:
         return await self._client.run(memory_delete(note_id))
 
     async def search(
-        self, query: str, tags: list[str] | None = None, limit: int = 10, owner: str | None = None,
-        created_after: datetime | None = None, created_before: datetime | None = None,
+        self,
+        query: str,
+        tags: list[str] | None = None,
+        limit: int = 10,
+        owner: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
     ) -> SearchResult:
         """Rank this agent's notes (or ``owner``'s, if shared with it) against ``query``, best first."""
         return await self._client.run(memory_search(query, tags, limit, owner, created_after, created_before))

@@ -5,7 +5,9 @@
 ...     client.memory.search("when is the meeting")
 
 The client is safe to share between threads: calls from several threads are
-in flight at once and each waits for its own reply.
+in flight at once (their publishes are pipelined) and each waits for its own
+reply. A lost connection is re-established and the calls waiting on it still
+complete; see :mod:`aiosd.sdk.transport`.
 """
 
 from __future__ import annotations
@@ -31,11 +33,11 @@ from .calls import (
     tool_list,
     unwrap,
 )
-from .errors import CallTimeout
+from .errors import CallTimeout, ConnectionFailed
 from .protocol import Reply, Request
 from .syscalls import Note, NoteRef, SearchResult
 from .tools import ToolCallResult, ToolListResult
-from .transport import Transport
+from .transport import ConnectionStats, Transport
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -43,9 +45,22 @@ DEFAULT_TIMEOUT = 60.0
 class Client:
     """Connects as one agent and makes syscalls over AMQP."""
 
-    def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT, connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        connect_timeout: float = 10.0,
+        heartbeat: int | None = None,
+    ) -> None:
+        """Connect to the broker at ``url`` (raises :class:`ConnectionFailed` if it cannot).
+
+        ``heartbeat`` is the AMQP heartbeat in seconds (default: the URL's
+        ``?heartbeat=``, else 30; 0 turns heartbeats off). Lost connections are
+        re-established in the background; see the README, "Connections".
+        """
         self.timeout = timeout
-        self._transport = Transport(url, connect_timeout=connect_timeout)
+        self._transport = Transport(url, connect_timeout=connect_timeout, heartbeat=heartbeat)
         self.memory = MemorySyscalls(self)
         self.tools = ToolSyscalls(self)
         self._transport.start()
@@ -54,6 +69,11 @@ class Client:
     def agent(self) -> str:
         """The agent name: the broker user this client authenticates as."""
         return self._transport.agent
+
+    @property
+    def connection_stats(self) -> ConnectionStats:
+        """How often the connection was lost and re-established, and what that recovered."""
+        return self._transport.stats
 
     def close(self) -> None:
         """Close the connections; calls still waiting fail with ConnectionFailed."""
@@ -65,9 +85,7 @@ class Client:
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
         self.close()
 
-    def request(
-        self, syscall: str, args: dict[str, Any] | None = None, **options: Unpack[CallOptions]
-    ) -> Reply:
+    def request(self, syscall: str, args: dict[str, Any] | None = None, **options: Unpack[CallOptions]) -> Reply:
         """Send a syscall and return its full :class:`Reply`, whatever the status."""
         req = Request(syscall=syscall, args=args or {}, session=options.get("session"), program=options.get("program"))
         return self._send(req, options.get("priority", 0), options.get("timeout"), options.get("message_id"))
@@ -87,8 +105,13 @@ class Client:
     ) -> str:
         """Publish a syscall without waiting; fetch its outcome later with :meth:`result`."""
         req = Request(syscall=syscall, args=args or {}, program=program)
-        call_id, _ = self._transport.publish(req, message_id=message_id, priority=priority, want_reply=False)
-        return call_id
+        call = self._transport.publish(req, message_id=message_id, priority=priority, want_reply=False)
+        try:
+            call.confirmed.result(timeout=self.timeout)  # returns once the broker holds it
+        except FutureTimeout:
+            self._transport.forget(call.call_id)
+            raise ConnectionFailed(f"the broker did not confirm {call.call_id} within {self.timeout:g}s") from None
+        return call.call_id
 
     def result(self, call_id: str, *, wait: float = 0.0, poll: float = 0.2) -> Reply | None:
         """Fetch the stored reply of one of this agent's syscalls by id.
@@ -111,12 +134,12 @@ class Client:
 
     def _send(self, req: Request, priority: int, timeout: float | None, message_id: str | None) -> Reply:
         limit = self.timeout if timeout is None else timeout
-        call_id, fut = self._transport.publish(req, message_id=message_id, priority=priority)
+        call = self._transport.publish(req, message_id=message_id, priority=priority)
         try:
-            return fut.result(timeout=limit)
+            return call.reply.result(timeout=limit)
         except FutureTimeout:
-            self._transport.forget(call_id)
-            raise CallTimeout(call_id, limit) from None
+            self._transport.forget(call.call_id)
+            raise CallTimeout(call.call_id, limit) from None
 
 
 class ToolSyscalls:
@@ -149,8 +172,11 @@ class MemorySyscalls:
         return self._client.run(memory_get(note_id))
 
     def update(
-        self, note_id: str, content: str | None = None,
-        tags: list[str] | None = None, metadata: dict[str, Any] | None = None,
+        self,
+        note_id: str,
+        content: str | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> Note:
         """Change a note; return it as stored."""
         return self._client.run(memory_update(note_id, content, tags, metadata))
@@ -160,8 +186,13 @@ class MemorySyscalls:
         return self._client.run(memory_delete(note_id))
 
     def search(
-        self, query: str, tags: list[str] | None = None, limit: int = 10, owner: str | None = None,
-        created_after: datetime | None = None, created_before: datetime | None = None,
+        self,
+        query: str,
+        tags: list[str] | None = None,
+        limit: int = 10,
+        owner: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
     ) -> SearchResult:
         """Rank this agent's notes (or ``owner``'s, if shared with it) against ``query``, best first."""
         return self._client.run(memory_search(query, tags, limit, owner, created_after, created_before))
