@@ -205,7 +205,7 @@ def with_history(scratch: Scratch, args: argparse.Namespace, base: CpuMeter) -> 
         if done % 20000 == 0 or done == args.history:
             print(f"   {done:>7} / {args.history} in {secs:.0f}s", file=sys.stderr, flush=True)
 
-    took = preload(db, AGENT, args.history, progress=progress)  # type: ignore[arg-type]
+    took = preload(db, AGENT, args.history, progress=progress)
     scheduler = scratch.aiosd("scheduler", env)
     try:
         with _client(env) as client:

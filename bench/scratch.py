@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -100,7 +101,7 @@ class Scratch:
         self.logs = Path(tempfile.mkdtemp(prefix="aiosd-bench-"))
         self._mgmt = httpx.Client(base_url=f"http://{HOST}:{self.ports.mgmt}/api", auth=("guest", "guest"), timeout=30)
         self.mongo_url = self.ports.mongo_url
-        self._mongo: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(self.mongo_url)
+        self._mongo: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(self.mongo_url)
         self._undo = contextlib.ExitStack()
         self.failed = False
 
@@ -155,7 +156,7 @@ class Scratch:
                 time.sleep(0.1)
 
     @property
-    def mongo(self) -> pymongo.MongoClient[dict[str, object]]:
+    def mongo(self) -> pymongo.MongoClient[dict[str, Any]]:
         return self._mongo
 
     def env(self, label: str) -> Env:
