@@ -18,12 +18,12 @@ def table(title: str, runs: list[Run], note: str = "") -> str:
     procs = [p for p in PROCESSES if any(p in r.cpu for r in runs)]
     procs += sorted({p for r in runs for p in r.cpu} - set(procs))
     width = max([len(r.label) for r in runs] + [12])
-    head = f"{'':{width}}  {'conc':>4} {'calls':>6} {'calls/s':>8} {'p50 ms':>7} {'p99 ms':>7} |"
+    head = f"{'':{width}}  {'conc':>4} {'calls':>6} {'calls/s':>8} {'p50 ms':>8} {'p99 ms':>8} |"
     head += "".join(f" {p[:9]:>9}" for p in procs) + f" {'total':>7} {'(others)':>9}"
     bar = head.index("|")
     lines = [f"== {title}" + (f"  ({note})" if note else ""), f"{'':{bar}}| CPU ms per call", head]
     for r in runs:
-        row = f"{r.label:{width}}  {r.concurrency:>4} {r.calls:>6} {r.throughput:>8.0f} {r.p50:>7.2f} {r.p99:>7.2f} |"
+        row = f"{r.label:{width}}  {r.concurrency:>4} {r.calls:>6} {r.throughput:>8.0f} {r.p50:>8.2f} {r.p99:>8.2f} |"
         row += "".join(f" {r.cpu[p]:>9.3f}" if p in r.cpu else f" {'-':>9}" for p in procs)
         row += f" {r.cpu_total:>7.3f} {f'({r.others:.2f})':>9}"
         if r.errors:
