@@ -247,10 +247,9 @@ def test_concurrent_answers_equal_direct_calls_and_health_holds(subject: Subject
     assert run.metrics["health_changes"] == 0.0 and run.metrics["healthy"] == 1.0
 
 
+@pytest.mark.parametrize("subject", ["llama_cpp.server", "openai-standin"], indirect=True)
 def test_streams_cut_short_are_failed_attempts_never_answers(subject: Subject) -> None:
     """Forced streaming against servers that interrupt streams: a cut answer is a retryable error."""
-    if subject.name not in ("llama_cpp.server", "openai-standin"):
-        pytest.skip("only llama_cpp.server (and its stand-in) cut streams short")
     calls = subject.calls[:4]
 
     async def scenario() -> tuple[list[Answer], Run, list[str], list[str]]:

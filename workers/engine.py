@@ -55,6 +55,7 @@ class Engine:
         # when calls of the old connection still run beside new deliveries.
         self._slots = asyncio.Semaphore(config.capacity)
         self._running = 0  # calls admitted past the semaphore, i.e. at the backend
+        self._admitted = 0  # calls ever admitted: tells whether any ran during a probe
         self._healthy: bool | None = None
         self._health_changes = 0
 
@@ -91,6 +92,7 @@ class Engine:
         """Run one lease when a slot is free; see :func:`~.calls.run_lease`."""
         async with self._slots:
             self._running += 1
+            self._admitted += 1
             try:
                 return await run_lease(self.backend, lease, self.config.worker_id, self.info.name)
             finally:
@@ -99,14 +101,15 @@ class Engine:
     async def probe(self, timeout: float) -> Probe:
         """Health and load figures, each bounded by ``timeout`` so heartbeats keep their pace."""
         failed = self.supervisor is not None and self.supervisor.state == "failed"
-        busy = self._running > 0
+        busy, admitted = self._running > 0, self._admitted
         healthy, slow = False, False
         started = time.monotonic()
         try:  # a probe reports trouble, it never raises
             healthy = not failed and await asyncio.wait_for(self.backend.health(), timeout)
         except TimeoutError:
             slow = True
-            busy = busy or self._running > 0  # calls that started while the probe waited count
+            # Calls that ran at any time while the probe waited count, even ones that already ended.
+            busy = busy or self._running > 0 or self._admitted != admitted
             healthy = busy and not failed  # queued behind our own calls: busy, not dead
         except Exception as exc:
             log.warning("backend_probe_failed", error=repr(exc))

@@ -136,6 +136,16 @@ class _Handler(BaseHTTPRequestHandler):
                 "max_model_len": 2048,
             }
             self._json(200, {"object": "list", "data": [card]})
+        elif self.path in ("/get_server_info", "/server_info"):
+            # SGLang merges its server arguments into this answer (abridged here).
+            self._json(
+                200,
+                {
+                    "model_path": self.server.model_path,
+                    "enable_metrics": self.server.enable_metrics,
+                    "version": "contract",
+                },
+            )
         elif self.path == "/metrics":
             self._send(200, self._metrics().encode(), "text/plain; version=0.0.4")
         else:
@@ -283,12 +293,14 @@ class ContractServer(ThreadingHTTPServer):
         starting_requests: int = 0,
         token_delay: float = 0.0,
         incremental_ids: bool = False,
+        enable_metrics: bool = True,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
         super().__init__((host, port), _Handler)
         self.host = host
         self.model_path = model_path
+        self.enable_metrics = enable_metrics
         self.state = ContractState(starting_requests, token_delay, incremental_ids)
         self._thread = threading.Thread(target=self.serve_forever, name="sglang-contract", daemon=True)
 

@@ -22,6 +22,7 @@ from aiosd.workers.backends.base import (
     finish_reason,
 )
 from aiosd.workers.backends.http import probe_health, sse_events, streaming
+from aiosd.workers.backends.sglang import SGLangBackend
 from aiosd.workers.calls import classify
 from aiosd.workers.config import WorkerConfig, worker_config
 from aiosd.workers.engine import Engine
@@ -112,6 +113,20 @@ def test_probe_health_starting_server_is_not_ready(model_dir: Any) -> None:
                 return [await probe_health(client, "/health", busy=lambda: True) for _ in range(2)]
 
         assert asyncio.run(probes()) == [False, True]  # a 503 is not "busy"
+
+
+def test_sglang_check_warns_without_metrics(model_dir: Any) -> None:
+    async def warnings(enable_metrics: bool) -> list[str]:
+        with ContractServer(str(model_dir), enable_metrics=enable_metrics) as contract:
+            backend = SGLangBackend(contract.url)
+            await backend.start()
+            try:
+                return await backend.check()
+            finally:
+                await backend.close()
+
+    assert asyncio.run(warnings(True)) == []
+    assert [w for w in asyncio.run(warnings(False)) if "--enable-metrics" in w]
 
 
 class _HangingHealth:

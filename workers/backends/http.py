@@ -44,17 +44,19 @@ async def probe_health(
     """The health rule of the HTTP backends: "can serve", not "answers fast while busy".
 
     True when ``GET path`` answers with a ``ready`` status. A probe that gets
-    no answer within ``timeout`` while ``busy()`` (calls of this worker in
-    flight when the probe gives up) is True too: servers that run one generation at a time queue the
+    no answer within ``timeout`` while the worker is busy is True too
+    (``busy()`` is asked when the probe gives up: did calls of this worker run
+    while it waited?): servers that run one generation at a time queue the
     probe behind them (llama-cpp-python's ``/v1/models`` waits for the model
     lock), and a backend that is merely busy is not dead. Death shows as a
     refused or reset connection, an error status, or the calls themselves
     failing and timing out. Never raises.
     """
+    busy_before = busy()
     try:
         response = await client.get(path, timeout=timeout)
     except httpx.TimeoutException:
-        return busy()
+        return busy_before or busy()
     except (httpx.HTTPError, BackendError):
         return False
     return response.status_code in ready

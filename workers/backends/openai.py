@@ -94,6 +94,7 @@ class OpenAIBackend:
         self._timeout = httpx.Timeout(timeout, connect=10.0)
         self._client: httpx.AsyncClient | None = None
         self._in_flight = 0
+        self._calls = 0  # calls ever started: did any run while a probe waited?
 
     async def start(self) -> None:
         """Open the HTTP client; pick the served model when none was configured."""
@@ -114,7 +115,10 @@ class OpenAIBackend:
             client = self._http()
         except BackendError:
             return False
-        return await probe_health(client, "/models", busy=lambda: self._in_flight > 0, ready=(200,))
+        calls = self._calls
+        return await probe_health(
+            client, "/models", busy=lambda: self._in_flight > 0 or self._calls != calls, ready=(200,)
+        )
 
     async def check(self) -> list[str]:
         """Warnings for server settings known to break calls; only llama_cpp.server is recognised."""
@@ -152,6 +156,7 @@ class OpenAIBackend:
         body = self._body(request, budget, stream)
         started = time.monotonic()
         self._in_flight += 1
+        self._calls += 1
         try:
             with wrap_errors("openai /chat/completions"):
                 message, reason, usage = await (self._streamed(body) if stream else self._single(body))

@@ -97,6 +97,7 @@ class SGLangBackend:
         self._client: httpx.AsyncClient | None = None
         self._token_cache: dict[str, tuple[int, ...]] = {}
         self._in_flight = 0
+        self._calls = 0  # calls ever started: did any run while a probe waited?
 
     async def start(self) -> None:
         """Open the HTTP client. The server may still be starting: see :meth:`health`."""
@@ -115,7 +116,10 @@ class SGLangBackend:
             client = self._http()
         except BackendError:
             return False
-        return await probe_health(client, "/health", busy=lambda: self._in_flight > 0, ready=(200,))
+        calls = self._calls
+        return await probe_health(
+            client, "/health", busy=lambda: self._in_flight > 0 or self._calls != calls, ready=(200,)
+        )
 
     async def check(self) -> list[str]:
         """Warnings from ``/get_server_info``'s server arguments (when the server offers them)."""
@@ -159,6 +163,7 @@ class SGLangBackend:
         budget, sliced = completion_budget(request, slice_tokens)
         started = time.monotonic()
         self._in_flight += 1
+        self._calls += 1
         try:
             prompt_ids = await self._prompt_ids(request)
             resumed = request.resume.token_ids if request.resume else ()
