@@ -2,9 +2,12 @@
 
     python -m aiosd.workers.smoke --backend sglang --url http://127.0.0.1:30000
 
-Checks health, model info and metrics, runs one greedy chat, then the same chat
-in 4-token time slices, and requires both texts to be identical (the property
-aiosd's context switch relies on). Prints each step; exits 0 when all pass.
+Checks health, the server settings the backend can detect, model info and
+metrics, runs one greedy chat, then the same chat four times at once while
+probing health (every answer must be identical and complete, and health must
+hold while the server is busy), then in 4-token time slices, and requires the
+texts to be identical (the property aiosd's context switch relies on). Prints
+each step; exits 0 when all pass.
 """
 
 from __future__ import annotations
@@ -50,16 +53,19 @@ async def _run(backend: Backend, max_tokens: int, wait: float) -> int:
         _step("health", healthy, "" if healthy else f"not healthy after {wait:g}s")
         if not healthy:
             return 1
+        warnings = await backend.check()
+        _step("settings", True, "; ".join(warnings) or "no known-bad setting detected")
         info = await backend.info()
         _step("model_info", True, f"{info.name} (context {info.context_length})")
         _step("metrics", True, ", ".join(f"{k}={v:g}" for k, v in sorted((await backend.metrics()).items())[:6]))
         request = ChatRequest(messages=PROMPT, max_tokens=max_tokens, temperature=0.0)
         whole = await backend.chat(request)
         _step("chat", bool(whole.text.strip()), repr(whole.text[:80]))
+        concurrent_ok = await _concurrent(backend, request, whole)
         sliced, slices = await _sliced(backend, request)
         same = sliced.text == whole.text
         _step("time slices", same, f"{slices} slices, {'identical' if same else 'DIFFERENT'} text")
-        return 0 if whole.text.strip() and same else 1
+        return 0 if whole.text.strip() and same and concurrent_ok else 1
     finally:
         await backend.close()
 
@@ -72,6 +78,20 @@ async def _healthy(backend: Backend, wait: float) -> bool:
             return False
         await asyncio.sleep(1.0)
     return True
+
+
+async def _concurrent(backend: Backend, request: ChatRequest, whole: ChatResult, calls: int = 4) -> bool:
+    """``calls`` copies of the chat at once, probing health every 0.2 s until they end."""
+    tasks = [asyncio.create_task(backend.chat(request)) for _ in range(calls)]
+    probes: list[bool] = []
+    while not all(task.done() for task in tasks):
+        probes.append(await backend.health())
+        await asyncio.sleep(0.2)
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    same = sum(isinstance(r, ChatResult) and r.text == whole.text for r in results)
+    ok = same == calls and all(probes)
+    _step("concurrent", ok, f"{same}/{calls} answers identical, healthy in {sum(probes)}/{len(probes)} probes")
+    return ok
 
 
 async def _sliced(backend: Backend, request: ChatRequest) -> tuple[ChatResult, int]:

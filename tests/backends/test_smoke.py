@@ -17,5 +17,13 @@ def test_smoke_passes_against_sglang_contract(contract: ContractServer) -> None:
     )
     assert run.returncode == 0, run.stdout + run.stderr
     lines = run.stdout.splitlines()
-    assert [line.split()[1] for line in lines] == ["health", "model_info", "metrics", "chat", "time"]
+    assert [line.split()[1] for line in lines] == [
+        "health",
+        "settings",
+        "model_info",
+        "metrics",
+        "chat",
+        "concurrent",
+        "time",
+    ]
     assert all(line.startswith("PASS") for line in lines) and "identical text" in lines[-1]
