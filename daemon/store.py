@@ -19,6 +19,10 @@ from aiosd.sdk.errors import ServiceUnavailable
 Doc = dict[str, Any]
 
 
+#: MongoDB's error code for a duplicate key (a unique index refused a write).
+DUPLICATE_KEY = 11000
+
+
 class Store:
     """Owns the MongoDB client; pymongo's client is thread-safe and pooled."""
 

@@ -168,6 +168,14 @@ def completed_count(db: pymongo.database.Database[dict[str, Any]]) -> int:
     return db["results"].count_documents({})
 
 
+def live_after_retirement(db: pymongo.database.Database[dict[str, Any]], query: dict[str, Any], timeout: float = 5.0) -> int:
+    """Live records matching ``query`` once sent replies had time to retire theirs (retired in batches)."""
+    deadline = time.monotonic() + timeout
+    while (live := db["syscalls"].count_documents(query)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return live
+
+
 def unfinished_count(db: pymongo.database.Database[dict[str, Any]]) -> int:
     """Live syscalls (in ``syscalls``) that have no result yet: accepted and not completed."""
     live = [d["_id"] for d in db["syscalls"].find({}, {"_id": 1})]

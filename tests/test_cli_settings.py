@@ -111,7 +111,7 @@ def config_file(tmp_path: Path) -> Path:
 
 def test_defaults_without_any_source(no_aiosd_env: pytest.MonkeyPatch) -> None:
     s = load_settings()
-    assert (s.prefetch, s.threads, s.mongo_db, s.shutdown_timeout) == (64, 8, "aiosd", 30.0)
+    assert (s.prefetch, s.threads, s.mongo_db, s.shutdown_timeout) == (256, 8, "aiosd", 30.0)
     assert s == Settings()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .harness import SchedulerProcess, World
+from .harness import SchedulerProcess, World, live_after_retirement
 from .rawamqp import RawAgent
 
 
@@ -23,7 +23,7 @@ def test_duplicate_message_id_runs_once(shared_world: World, scheduler: Schedule
 
     db = shared_world.db()
     assert db.results.count_documents({"id": "dup-0001"}) == 1
-    assert db.syscalls.count_documents({"id": "dup-0001"}) == 0  # nothing left live
+    assert live_after_retirement(db, {"id": "dup-0001"}) == 0  # nothing left live
     assert db.memory.count_documents({"content": "exactly once please"}) == 1
     accepted = db.audit.count_documents({"message_id": "dup-0001", "decision": "accepted"})
     completed = db.audit.count_documents({"message_id": "dup-0001", "decision": "completed"})

@@ -10,6 +10,7 @@ but does not dead-letter: the message was well-formed.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,12 +27,27 @@ from aiosd.sdk.syscalls import served_by
 
 
 class PolicyLookup:
-    """The standing of an agent right now; no cache, so a change applies to the next call."""
+    """Agents' standings, cached until the directory's revision moves.
+
+    :meth:`refresh` (one read by ``_id``) is called before each batch of
+    syscalls is admitted, so an operator's change applies to the next batch.
+    """
 
     def __init__(self, directory: Directory, trusted: frozenset[str] = frozenset()) -> None:
         self._dir = directory
         self._trusted = trusted
         self._unrestricted = Standing(Policy.unrestricted())
+        self._cache: dict[str, Standing | None] = {}
+        self._revision: int | None = None
+        self._lock = threading.Lock()
+
+    def refresh(self) -> None:
+        """Drop every cached standing if the directory changed since the last refresh."""
+        revision = self._dir.revision()
+        with self._lock:
+            if revision != self._revision:
+                self._cache.clear()
+                self._revision = revision
 
     def standing(self, agent: str) -> Standing | None:
         """The agent's standing; ``None`` means unknown (deny).
@@ -40,9 +56,16 @@ class PolicyLookup:
         the scheduler's own broker user (it can already do anything on the
         broker) and, in development mode only, the anonymous agent.
         """
+        with self._lock:
+            if agent in self._cache:
+                return self._cache[agent]
+            revision = self._revision
         found = self._dir.standing(agent)
         if found is None and agent in self._trusted:
-            return self._unrestricted
+            found = self._unrestricted
+        with self._lock:
+            if self._revision == revision:  # not cleared meanwhile: still current
+                self._cache[agent] = found
         return found
 
 
@@ -58,21 +81,43 @@ class Meter:
 
     def admit(self, agent: str, policy: Policy, syscall: str) -> Refusal | None:
         """Count one request; return why it is over a limit (and count nothing), or ``None``."""
-        rate = self._take_rate(agent, policy)
+        return self.admit_many(agent, policy, [syscall])[0]
+
+    def admit_many(self, agent: str, policy: Policy, syscalls: list[str]) -> list[Refusal | None]:
+        """Count a batch of one agent's requests with one write per counter.
+
+        If the whole batch does not fit a limit, its requests are counted one
+        by one instead, so exactly as many are admitted as the limits allow.
+        """
+        n = len(syscalls)
+        rate = self._take_rate(agent, policy, n)
         if isinstance(rate, tuple):
-            return rate
+            return [rate] if n == 1 else self._one_by_one(agent, policy, syscalls)
         period = period_window(agent, policy.quota_period)
         doc = self._counters.reserve(
-            period.key, period_amounts(requests=1), {"requests": policy.requests_per_period}, _extra(agent, "period", period)
+            period.key, period_amounts(requests=n), {"requests": policy.requests_per_period}, _extra(agent, "period", period)
         )
         if doc is None:
-            self._give_back(rate, None)
-            return ErrorCode.QUOTA_EXCEEDED, f"request quota of {policy.requests_per_period} per {policy.quota_period} is used up"
+            self._give_back(rate, None, n)
+            if n > 1:
+                return self._one_by_one(agent, policy, syscalls)
+            quota = policy.requests_per_period
+            return [(ErrorCode.QUOTA_EXCEEDED, f"request quota of {quota} per {policy.quota_period} is used up")]
         quota = policy.tokens_per_period
-        if served_by(syscall) == "llm" and quota is not None and _tokens(doc) >= quota:
-            self._give_back(rate, period)
-            return ErrorCode.QUOTA_EXCEEDED, f"token quota of {quota} per {policy.quota_period} is used up ({_tokens(doc)} used)"
-        return None
+        over = quota is not None and _tokens(doc) >= quota
+        out: list[Refusal | None] = [
+            (ErrorCode.QUOTA_EXCEEDED, f"token quota of {quota} per {policy.quota_period} is used up ({_tokens(doc)} used)")
+            if over and served_by(s) == "llm"
+            else None
+            for s in syscalls
+        ]
+        refused = sum(1 for r in out if r is not None)
+        if refused:
+            self._give_back(rate, period, refused)
+        return out
+
+    def _one_by_one(self, agent: str, policy: Policy, syscalls: list[str]) -> list[Refusal | None]:
+        return [self.admit_many(agent, policy, [s])[0] for s in syscalls]
 
     def charge_tokens(self, agent: str, usage: Usage) -> None:
         """Add an LLM call's tokens to the agent's current period."""
@@ -82,22 +127,22 @@ class Meter:
                                  cached_tokens=usage.cached_tokens, llm_calls=1)
         self._counters.add(period.key, amounts, _extra(agent, "period", period))
 
-    def _take_rate(self, agent: str, policy: Policy) -> Window | Refusal | None:
+    def _take_rate(self, agent: str, policy: Policy, n: int = 1) -> Window | Refusal | None:
         limit = policy.rate_limit
         if limit is None:
             return None
         window = rate_window(agent, limit.seconds)
-        if self._counters.reserve(window.key, {"requests": 1}, {"requests": limit.requests}, _extra(agent, "rate", window)):
+        if self._counters.reserve(window.key, {"requests": n}, {"requests": limit.requests}, _extra(agent, "rate", window)):
             return window
         wait = max(window.expires_at.timestamp() - limit.seconds - utcnow().timestamp(), 0.0)
         return ErrorCode.RATE_LIMITED, f"rate limit of {limit.requests} requests per {limit.seconds}s reached; retry in {wait:.1f}s"
 
-    def _give_back(self, rate: Window | None, period: Window | None) -> None:
+    def _give_back(self, rate: Window | None, period: Window | None, n: int = 1) -> None:
         # A refused request does not count against the limits it passed.
         if rate is not None:
-            self._counters.add(rate.key, {"requests": -1}, {})
+            self._counters.add(rate.key, {"requests": -n}, {})
         if period is not None:
-            self._counters.add(period.key, period_amounts(requests=-1), {})
+            self._counters.add(period.key, period_amounts(requests=-n), {})
 
 
 #: ``(syscall, args) -> True`` when a call waits for a human whatever the policy says (irreversible tools).
@@ -115,6 +160,16 @@ class Admission:
 
     priority: int
     needs_approval: bool = False
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One call to authorize: who, what (validated arguments) and the priority asked for."""
+
+    agent: str
+    request: Request
+    args: BaseModel
+    priority: int
 
 
 class Refused(DaemonError):
@@ -135,18 +190,35 @@ class PolicyAuthorizer:
         self._meter = meter
         self._irreversible = irreversible
 
-    def authorize(self, agent: str, request: Request, args: BaseModel, priority: int) -> Admission:
-        """Admit the call (with its effective priority) or raise :class:`Refused`."""
-        standing = self._policies.standing(agent)
-        refusal = refusal_of(agent, standing, request.syscall, args)
-        if refusal is None and standing is not None:
-            refusal = self._meter.admit(agent, standing.policy, request.syscall)
-        if refusal is not None or standing is None:
-            code, reason = refusal or (ErrorCode.DENIED, f"agent {agent!r} is not allowed")
-            raise Refused(code, reason, resource_of(agent, request))
-        policy = standing.policy
+    def authorize_many(self, asks: list[Ask]) -> list[Admission | Refused]:
+        """Decide a batch: the checks that count nothing per call, then the counters once per agent.
+
+        The policy cache is refreshed first: one read per batch, so an operator's
+        change applies to the next batch.
+        """
+        self._policies.refresh()
+        verdicts: list[Admission | Refused | None] = [None] * len(asks)
+        metered: dict[str, tuple[Standing, list[int]]] = {}
+        for i, ask in enumerate(asks):
+            standing = self._policies.standing(ask.agent)
+            refusal = refusal_of(ask.agent, standing, ask.request.syscall, ask.args)
+            if refusal is not None or standing is None:
+                code, reason = refusal or (ErrorCode.DENIED, f"agent {ask.agent!r} is not allowed")
+                verdicts[i] = Refused(code, reason, resource_of(ask.agent, ask.request))
+            else:
+                metered.setdefault(ask.agent, (standing, []))[1].append(i)
+        for agent, (standing, indexes) in metered.items():
+            refusals = self._meter.admit_many(agent, standing.policy, [asks[i].request.syscall for i in indexes])
+            for i, refusal in zip(indexes, refusals, strict=True):
+                verdicts[i] = self._admission(asks[i], standing.policy, refusal)
+        return [v for v in verdicts if v is not None]
+
+    def _admission(self, ask: Ask, policy: Policy, refusal: Refusal | None) -> Admission | Refused:
+        if refusal is not None:
+            return Refused(refusal[0], refusal[1], resource_of(ask.agent, ask.request))
+        request = ask.request
         approval = policy.needs_approval(request.syscall) or self._irreversible(request.syscall, request.args)
-        return Admission(min(priority, policy.max_priority), approval)
+        return Admission(min(ask.priority, policy.max_priority), approval)
 
 
 def refusal_of(agent: str, standing: Standing | None, syscall: str, args: BaseModel | None) -> Refusal | None:

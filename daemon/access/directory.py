@@ -2,9 +2,11 @@
 
 The ``agents`` collection holds one small document per agent (``_id`` = the
 name = the broker user): its policy, whether it is disabled, and a revision
-that changes on every write. The scheduler reads it by ``_id`` on every
-syscall, so a change (disable, a new policy, a removed grant) applies to the
-very next call; only the parsed form is cached, keyed by that revision.
+that changes on every write. Every write also advances one counter, the
+directory's revision (collection ``agents_revision``): the scheduler caches
+standings and reads only that counter once per batch of syscalls, so a change
+(disable, a new policy, a removed grant, a removed agent) applies to the very
+next batch without a read per syscall.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from aiosd.daemon.store import Doc
 from aiosd.sdk.protocol import utcnow
 
 AGENTS = "agents"
+#: The one document of ``agents_revision``.
+REVISION_ID = "revision"
 
 
 @dataclass(frozen=True)
@@ -37,8 +41,17 @@ class Directory:
 
     def __init__(self, collection: Collection[Doc]) -> None:
         self._col = collection
+        self._revision = collection.database[f"{collection.name}_revision"]
         self._parsed: dict[str, tuple[str, Policy]] = {}
         self._lock = threading.Lock()
+
+    def revision(self) -> int:
+        """The directory's revision: it changes whenever any agent document changes."""
+        doc = self._revision.find_one({"_id": REVISION_ID})
+        return int(doc["rev"]) if doc else 0
+
+    def _bump(self) -> None:
+        self._revision.update_one({"_id": REVISION_ID}, {"$inc": {"rev": 1}}, upsert=True)
 
     def standing(self, name: str) -> Standing | None:
         """The agent's policy and state, read now; ``None`` if it is not registered."""
@@ -75,15 +88,18 @@ class Directory:
             self._col.insert_one(doc)
         except DuplicateKeyError as exc:
             raise AgentExists(f"agent {name!r} already exists") from exc
+        self._bump()
 
     def update(self, name: str, fields: Doc) -> None:
         """Set ``fields`` on the agent's document (new revision); raise :class:`AgentNotFound`."""
         changes = {**fields, "rev": uuid.uuid4().hex, "updated_at": utcnow()}
         if self._col.update_one({"_id": name}, {"$set": changes}).matched_count == 0:
             raise AgentNotFound(f"no agent {name!r} (see `aiosd agents list`)")
+        self._bump()
 
     def delete(self, name: str) -> None:
         """Forget the agent's document."""
         self._col.delete_one({"_id": name})
+        self._bump()
 
 

@@ -24,12 +24,13 @@ import hashlib
 import hmac
 import json
 import threading
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
 from pymongo.collection import Collection
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from aiosd.daemon.errors import AuditError
 from aiosd.daemon.store import Doc
@@ -77,6 +78,24 @@ def record_hash(record: Doc, key: bytes | None) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
+@dataclass(frozen=True)
+class Entry:
+    """What one audit record says (the log adds time, sequence, chain and actor)."""
+
+    agent: str | None
+    syscall: str | None
+    message_id: str | None
+    decision: Decision
+    code: str | None = None
+    reason: str | None = None
+    resource: str | None = None
+    actor: str | None = None
+
+
+def _unchained(doc: Doc) -> Doc:
+    return {k: v for k, v in doc.items() if k not in ("_id", "seq", "prev", "alg", "hash")}
+
+
 class AuditLog:
     """Appends hash-chained audit records; never updates or deletes them."""
 
@@ -103,30 +122,67 @@ class AuditLog:
         actor: str | None = None,
     ) -> Doc:
         """Append one record and return it (with its ``seq`` and ``hash``)."""
+        entry = Entry(agent, syscall, message_id, decision, code, reason, resource, actor)
+        return self.record_many([entry])[0]
+
+    def record_many(self, entries: list[Entry]) -> list[Doc]:
+        """Append ``entries`` in order with one write (and one head update); return the records."""
+        if not entries:
+            return []
+        bodies = [self._body(e) for e in entries]
+        with self._lock:
+            docs = self._append_many(bodies)
+        self._advance_head()
+        return docs
+
+    def _body(self, e: Entry) -> Doc:
         now = utcnow()
-        body: Doc = {
+        return {
             # MongoDB keeps milliseconds; hash what will be read back.
             "ts": now.replace(microsecond=now.microsecond // 1000 * 1000),
-            "agent": agent,
-            "syscall": syscall,
-            "message_id": message_id,
-            "decision": decision.value,
-            "code": code,
-            "reason": reason,
-            "resource": resource,
-            "actor": actor or self._actor,
+            "agent": e.agent,
+            "syscall": e.syscall,
+            "message_id": e.message_id,
+            "decision": e.decision.value,
+            "code": e.code,
+            "reason": e.reason,
+            "resource": e.resource,
+            "actor": e.actor or self._actor,
         }
-        with self._lock:
-            doc = self._append(body)
-        self._advance_head()
+
+    def _append_many(self, bodies: list[Doc]) -> list[Doc]:
+        """The chain is computed here, in memory; one ordered insert writes it."""
+        seq, prev = self._tail or self._read_head()
+        docs = []
+        for body in bodies:
+            seq += 1
+            doc = self._chained(body, seq, prev)
+            prev = doc["hash"]
+            docs.append(doc)
+        try:
+            self._col.insert_many(docs, ordered=True)
+        except BulkWriteError as exc:
+            # Another writer (an operator command) took a sequence number: keep what was
+            # written, then chain the rest after the other writer's record, one by one.
+            written = int(exc.details.get("nInserted", 0))
+            if written:
+                self._tail = (int(docs[written - 1]["seq"]), str(docs[written - 1]["hash"]))
+            else:
+                self._tail = None
+            return docs[:written] + [self._append(_unchained(d)) for d in docs[written:]]
+        self._tail = (seq, prev)
+        return docs
+
+    def _chained(self, body: Doc, seq: int, prev: str) -> Doc:
+        doc = {**body, "_id": seq, "seq": seq, "prev": prev}
+        doc["alg"] = "hmac-sha256" if self._key is not None else "sha256"
+        doc["hash"] = record_hash(doc, self._key)
         return doc
 
     def _append(self, body: Doc) -> Doc:
         seq, prev = self._tail or self._read_head()
         while True:
-            doc = {**body, "_id": seq + 1, "seq": seq + 1, "prev": prev}
-            doc["alg"] = "hmac-sha256" if self._key is not None else "sha256"
-            doc["hash"] = record_hash(doc, self._key)
+            doc = self._chained(body, seq + 1, prev)
             try:
                 self._col.insert_one(doc)
             except DuplicateKeyError:

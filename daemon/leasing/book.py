@@ -52,9 +52,9 @@ class LeaseBook:
         doc = self._update({"_id": key, "state": "accepted"}, {"$set": fields})
         return doc is not None
 
-    def queued(self, limit: int, sort: list[tuple[str, int]]) -> list[Doc]:
+    def queued(self, limit: int, sort: tuple[tuple[str, int], ...]) -> list[Doc]:
         """The first ``limit`` queued syscalls in ``sort`` order."""
-        return list(self._live.find({"state": LlmState.QUEUED.value}).sort(sort).limit(limit))
+        return list(self._live.find({"state": LlmState.QUEUED.value}).sort(list(sort)).limit(limit))
 
     def grant(self, key: str, worker: str, ttl: float) -> Doc | None:
         """Lease a queued syscall to ``worker``; the updated record, or ``None`` if it moved."""

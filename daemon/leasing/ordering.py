@@ -10,7 +10,7 @@ Program-aware policies (least attained service per ``program``) plug in here.
 
 from __future__ import annotations
 
-from typing import ClassVar, Protocol
+from typing import Protocol
 
 from aiosd.daemon.store import Doc
 
@@ -20,7 +20,7 @@ class Ordering(Protocol):
 
     name: str
     slice_tokens: int | None
-    sort: list[tuple[str, int]]
+    sort: tuple[tuple[str, int], ...]
 
     def order(self, queued: list[Doc]) -> list[Doc]:
         """Return ``queued`` in the order the calls should be leased."""
@@ -32,7 +32,7 @@ class Fifo:
 
     name = "fifo"
     slice_tokens: int | None = None
-    sort: ClassVar[list[tuple[str, int]]] = [("queued_at", 1)]
+    sort: tuple[tuple[str, int], ...] = (("queued_at", 1),)
 
     def order(self, queued: list[Doc]) -> list[Doc]:
         """Oldest queue entry first."""
@@ -44,7 +44,7 @@ class Priority:
 
     name = "priority"
     slice_tokens: int | None = None
-    sort: ClassVar[list[tuple[str, int]]] = [("priority", -1), ("queued_at", 1)]
+    sort: tuple[tuple[str, int], ...] = (("priority", -1), ("queued_at", 1))
 
     def order(self, queued: list[Doc]) -> list[Doc]:
         """Priority descending, then oldest first."""

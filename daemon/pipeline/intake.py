@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
-from aiosd.daemon.access.authorizer import Admission, Refused
+from aiosd.daemon.access.authorizer import Admission, Ask, Refused
 from aiosd.daemon.errors import DaemonError
 from aiosd.daemon.pipeline.records import Envelope
 from aiosd.daemon.transport.delivery import Delivery
@@ -22,7 +22,6 @@ from aiosd.sdk.protocol import (
     MAX_MESSAGE_ID_LENGTH,
     MAX_PRIORITY,
     ErrorCode,
-    Request,
     Status,
     decode_request,
     describe_validation,
@@ -62,20 +61,20 @@ class Rejected(DaemonError):
 
 
 class Authorizer(Protocol):
-    """Decides whether ``agent`` may make ``request``; raises :class:`~aiosd.daemon.access.authorizer.Refused` if not.
+    """Decides a batch of calls: an :class:`Admission` or a :class:`Refused` for each, in order.
 
-    ``priority`` is the requested one (0-9); the admission may lower it.
+    ``Ask.priority`` is the requested one (0-9); the admission may lower it.
     """
 
-    def authorize(self, agent: str, request: Request, args: BaseModel, priority: int) -> Admission: ...
+    def authorize_many(self, asks: list[Ask]) -> list[Admission | Refused]: ...
 
 
 class OwnDataAuthorizer:
     """Allows every catalogued syscall; services scope each call to the caller's own data."""
 
-    def authorize(self, agent: str, request: Request, args: BaseModel, priority: int) -> Admission:
+    def authorize_many(self, asks: list[Ask]) -> list[Admission | Refused]:
         """Allow."""
-        return Admission(priority)
+        return [Admission(ask.priority) for ask in asks]
 
 
 @dataclass(frozen=True)
@@ -107,6 +106,30 @@ class Intake:
 
     def admit(self, d: Delivery) -> Accepted:
         """Return the accepted envelope or raise :class:`Rejected`."""
+        verdict = self.admit_many([d])[0]
+        if isinstance(verdict, Rejected):
+            raise verdict
+        return verdict
+
+    def admit_many(self, batch: list[Delivery]) -> list[Accepted | Rejected]:
+        """Check a batch against the protocol and the catalogue, then authorize it in one go."""
+        verdicts: list[Accepted | Rejected | None] = []
+        checked: list[tuple[int, Delivery, Ask, str]] = []
+        for d in batch:
+            try:
+                ask, message_id = self._check(d)
+            except Rejected as rej:
+                verdicts.append(rej)
+                continue
+            checked.append((len(verdicts), d, ask, message_id))
+            verdicts.append(None)  # decided by the authorizer, below
+        admissions = self._authorizer.authorize_many([ask for _, _, ask, _ in checked]) if checked else []
+        for (i, d, ask, message_id), admission in zip(checked, admissions, strict=True):
+            verdicts[i] = _accepted(d, ask, message_id, admission)
+        return [v for v in verdicts if v is not None]
+
+    def _check(self, d: Delivery) -> tuple[Ask, str]:
+        """Everything but authorization: identity, size, properties, JSON, envelope, arguments."""
         agent = self._identity(d)
         if len(d.body) > self._max_body:
             raise Rejected(ErrorCode.TOO_LARGE, f"body is {len(d.body)} bytes; the limit is {self._max_body}", agent=agent)
@@ -141,21 +164,7 @@ class Intake:
         if check is not None and (problem := check(args)) is not None:
             raise Rejected(ErrorCode.INVALID_ARGS, f"invalid arguments for {request.syscall}: {problem}",
                            agent=agent, syscall=request.syscall)
-        try:
-            admission = self._authorizer.authorize(agent, request, args, min(max(d.priority or 0, 0), MAX_PRIORITY))
-        except Refused as no:
-            raise Rejected(no.code, no.reason, agent=agent, syscall=request.syscall, status=Status.DENIED,
-                           dead_letter=False, resource=no.resource) from no
-        envelope = Envelope(
-            agent=agent,
-            message_id=message_id,
-            request=request,
-            priority=admission.priority,
-            reply_to=d.reply_to or None,
-            correlation_id=d.correlation_id or message_id,
-            received_at=d.received_at,
-        )
-        return Accepted(envelope, args, admission.needs_approval)
+        return Ask(agent, request, args, min(max(d.priority or 0, 0), MAX_PRIORITY)), message_id
 
     def _identity(self, d: Delivery) -> str:
         if d.user_id:
@@ -207,3 +216,19 @@ def unstorable_key(value: Any, path: str = "args") -> str | None:
             if (bad := unstorable_key(item, f"{path}[{index}]")) is not None:
                 return bad
     return None
+
+
+def _accepted(d: Delivery, ask: Ask, message_id: str, verdict: Admission | Refused) -> Accepted | Rejected:
+    if isinstance(verdict, Refused):
+        return Rejected(verdict.code, verdict.reason, agent=ask.agent, syscall=ask.request.syscall,
+                        status=Status.DENIED, dead_letter=False, resource=verdict.resource)
+    envelope = Envelope(
+        agent=ask.agent,
+        message_id=message_id,
+        request=ask.request,
+        priority=verdict.priority,
+        reply_to=d.reply_to or None,
+        correlation_id=d.correlation_id or message_id,
+        received_at=d.received_at,
+    )
+    return Accepted(envelope, ask.args, verdict.needs_approval)

@@ -6,21 +6,27 @@ returns the result model or raises :class:`SyscallFailed`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydantic import BaseModel
+from pymongo.errors import PyMongoError
 
-from aiosd.daemon.errors import NotFound
+from aiosd.daemon.errors import NotFound, SyscallFailed
 from aiosd.daemon.pipeline.records import Records
 from aiosd.daemon.services.context import CallContext
 from aiosd.daemon.services.memory.service import MemoryService
 from aiosd.daemon.services.sessions import SessionService
 from aiosd.daemon.services.storage.service import StorageService
 from aiosd.daemon.services.tools import ToolService
+from aiosd.sdk.process.logs import get_logger
 from aiosd.sdk.syscalls import ResultArgs, StoredResult
 
+log = get_logger(__name__)
+
 Handler = Callable[[CallContext, Any], BaseModel]
+#: Serves a batch of one syscall in one go: a result or an exception per call, in order.
+BatchHandler = Callable[[list[tuple[CallContext, Any]]], Sequence[BaseModel | Exception]]
 
 
 class Kernel:
@@ -59,6 +65,8 @@ class Kernel:
         }
         if tools is not None:
             self._table["tool.list"] = tools.list_tools
+        #: Syscalls whose service writes a batch with one round trip (group commit).
+        self._batched: dict[str, BatchHandler] = {"memory.add": memory.add_many}
 
     def serves(self, syscall: str) -> bool:
         """Whether this kernel has a handler for ``syscall``."""
@@ -67,6 +75,27 @@ class Kernel:
     def run(self, ctx: CallContext, args: BaseModel) -> BaseModel:
         """Serve one syscall."""
         return self._table[ctx.syscall](ctx, args)
+
+    def run_many(self, syscall: str, calls: list[tuple[CallContext, BaseModel]]) -> Sequence[BaseModel | Exception]:
+        """Serve a batch of one syscall: a result, or the exception that failed it, per call.
+
+        Database errors are not caught: the calls stay accepted for the sweep.
+        """
+        batched = self._batched.get(syscall)
+        if batched is not None and len(calls) > 1:
+            return batched(calls)
+        return [self._caught(ctx, args) for ctx, args in calls]
+
+    def _caught(self, ctx: CallContext, args: BaseModel) -> BaseModel | Exception:
+        try:
+            return self.run(ctx, args)
+        except SyscallFailed as exc:
+            return exc
+        except PyMongoError:
+            raise  # infrastructure, not the caller's fault: leave it accepted for the sweep
+        except Exception as exc:
+            log.exception("syscall_crashed", syscall=ctx.syscall, call_id=ctx.call_id)
+            return exc
 
     def stored_result(self, ctx: CallContext, args: ResultArgs) -> StoredResult:
         """``syscall.result``: the caller's own stored reply, by id."""

@@ -23,9 +23,9 @@ from datetime import datetime, timedelta
 from enum import Enum
 
 from pymongo.collection import Collection
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError
 
-from aiosd.daemon.store import Doc
+from aiosd.daemon.store import DUPLICATE_KEY, Doc
 from aiosd.sdk.protocol import Reply, Request, utcnow
 
 
@@ -66,38 +66,67 @@ class Records:
         self._live = live
         self._results = results
 
-    def insert(self, env: Envelope) -> tuple[bool, Doc]:
-        """Store a newly accepted syscall.
+    def insert_many(self, envs: list[Envelope]) -> tuple[list[Envelope], dict[str, Doc]]:
+        """Store a batch of newly accepted syscalls: ``(new ones, {key: existing record})``.
 
-        Returns ``(True, record)`` when it is new, else ``(False, existing)``
-        where ``existing`` is the live record or, for a syscall already
-        finished, its result document (which has a ``reply``).
+        One unordered insert; the unique ``_id`` reports duplicates, so nothing is
+        read first. One read by ``_id`` then finds which new ones were finished
+        before (late duplicates: their live record is removed again), and one
+        more reads the records the duplicates collided with.
         """
-        doc = _record(env)
+        docs = [_record(env) for env in envs]
+        colliding: set[str] = set()
         try:
-            self._live.insert_one(doc)
-        except DuplicateKeyError:
-            existing = self._live.find_one({"_id": env.key})
-            return False, existing or doc
-        done = self._results.find_one({"_id": env.key})
-        if done is not None:
-            # Finished and answered before: this message is a late duplicate.
-            self._live.delete_one({"_id": env.key})
-            return False, done
-        return True, doc
+            self._live.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(e.get("code") != DUPLICATE_KEY for e in errors):
+                raise
+            colliding = {docs[int(e["index"])]["_id"] for e in errors}
+        existing: dict[str, Doc] = {}
+        inserted = [env for env in envs if env.key not in colliding]
+        if inserted:
+            done = self._by_id(self._results, [env.key for env in inserted])
+            if done:
+                self._live.delete_many({"_id": {"$in": list(done)}})
+                existing.update(done)
+        if colliding:
+            # A finished record answers the duplicate even before its live record is retired.
+            existing.update(self._by_id(self._results, list(colliding)))
+            running = [key for key in colliding if key not in existing]
+            existing.update(self._by_id(self._live, running) if running else {})
+        new = [env for env in inserted if env.key not in existing]
+        fresh = {env.key: doc for env, doc in zip(envs, docs, strict=True)}
+        for key in colliding:
+            existing.setdefault(key, fresh[key])  # retired between the two reads: in progress
+        return new, existing
 
-    def complete(self, env: Envelope, reply: Reply) -> bool:
-        """Commit the reply; ``False`` if the syscall was already completed."""
-        result = {**_record(env), "state": State.COMPLETED.value, "reply": _dump(reply), "completed_at": utcnow()}
+    def complete_many(self, finished: list[tuple[Envelope, Reply]]) -> list[tuple[Envelope, Reply]]:
+        """Commit a batch of replies with one write; return those that won (first completion wins)."""
+        if not finished:
+            return []
+        now = utcnow()
+        docs = [
+            {**_record(env), "state": State.COMPLETED.value, "reply": _dump(reply), "completed_at": now}
+            for env, reply in finished
+        ]
         try:
-            self._results.insert_one(result)
-        except DuplicateKeyError:
-            return False
-        return True
+            self._results.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(e.get("code") != DUPLICATE_KEY for e in errors):
+                raise
+            lost = {int(e["index"]) for e in errors}
+            return [pair for i, pair in enumerate(finished) if i not in lost]
+        return finished
 
-    def replied(self, key: str) -> None:
-        """The reply reached the broker (or none was asked for): retire the live record."""
-        self._live.delete_one({"_id": key})
+    def retire(self, keys: list[str]) -> None:
+        """Replies reached the broker: remove their live records with one write."""
+        if keys:
+            self._live.delete_many({"_id": {"$in": keys}})
+
+    def _by_id(self, collection: Collection[Doc], keys: list[str]) -> dict[str, Doc]:
+        return {doc["_id"]: doc for doc in collection.find({"_id": {"$in": keys}})}
 
     def result(self, key: str) -> Doc | None:
         """The result document of a completed syscall."""

@@ -16,6 +16,7 @@ import pika.exceptions
 
 from aiosd.daemon.pipeline.flow import RETRY_PAUSE, TRANSIENT
 from aiosd.daemon.runtime.wiring import SchedulerGraph, build_scheduler
+from aiosd.daemon.transport.batcher import Batcher
 from aiosd.daemon.transport.broker import AMQP_ERRORS, Broker
 from aiosd.daemon.transport.delivery import Delivery
 from aiosd.sdk.cluster import EVENTS_QUEUE, decode_event
@@ -44,6 +45,7 @@ class Scheduler:
         self._threads = self.graph.threads
         self._outbox = self.graph.outbox
         self._broker: Broker | None = None
+        self._batcher = Batcher(settings.batch_size, settings.batch_wait_ms / 1000.0, self._on_batch)
 
     def submit(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the syscall threads, tracked as in-flight work."""
@@ -88,7 +90,9 @@ class Scheduler:
         while not self.lifecycle.stop_requested.is_set():
             try:
                 assert self._broker is not None
-                self._broker.pump(PUMP_SECONDS)
+                self._broker.pump(self._batcher.wait(PUMP_SECONDS))
+                if self._batcher.due():
+                    self._batcher.flush()
                 if not self._broker.is_open:
                     raise pika.exceptions.ChannelClosed(0, "a channel closed")
             except AMQP_ERRORS as exc:
@@ -103,6 +107,7 @@ class Scheduler:
     def _reconnect(self) -> None:
         old = self._broker
         self._attach(None)
+        self._batcher.clear()  # the broker redelivers them on the new connection
         if old is not None:
             old.close()
         while not self.lifecycle.stop_requested.is_set():
@@ -129,6 +134,7 @@ class Scheduler:
         try:
             if broker is not None:
                 broker.stop_consuming()
+                self._batcher.flush()  # received already: serve them rather than hand them back
                 # Keep pumping so in-flight work can still ack and reply.
                 while self.inflight and time.monotonic() < deadline and broker.is_open:
                     broker.pump(PUMP_SECONDS)
@@ -139,6 +145,7 @@ class Scheduler:
             self._threads.shutdown()
             if broker is not None:
                 broker.close()
+            self._retire_sent()
             self.store.close()
         log.info("scheduler_stopped", unfinished=self.inflight)
 
@@ -166,7 +173,10 @@ class Scheduler:
                 time.sleep(1.0)
 
     def _on_delivery(self, d: Delivery) -> None:
-        self.submit(lambda: self.pipeline.handle(d))
+        self._batcher.add(d)
+
+    def _on_batch(self, batch: list[Delivery]) -> None:
+        self.submit(lambda: self.pipeline.handle(batch))
 
     def _on_event(self, d: Delivery) -> None:
         self.submit(lambda: self._handle_event(d))
@@ -191,14 +201,20 @@ class Scheduler:
             return
         d.ack()
 
+    def _retire_sent(self) -> None:
+        try:
+            self.graph.completion.retire()
+        except Exception as exc:  # recovery re-sends those replies instead: harmless
+            log.warning("retire_on_stop_failed", error=repr(exc))
+
     def _recover(self) -> None:
-        count = self.pipeline.recover()
+        count = self.graph.recovery.recover()
         if count:
             log.info("recovered", syscalls=count)
 
     def _sweep(self) -> None:
         # Only records old enough that no live delivery can still be serving them.
-        count = self.pipeline.recover(older_than=self.settings.sweep_interval)
+        count = self.graph.recovery.recover(older_than=self.settings.sweep_interval)
         if count:
             log.info("sweep_recovered", syscalls=count)
 

@@ -26,10 +26,12 @@ from aiosd.daemon.leasing.ordering import make_ordering
 from aiosd.daemon.leasing.routing import Router
 from aiosd.daemon.leasing.work import LeasedWork
 from aiosd.daemon.pipeline.approvals import APPROVALS, Approvals
-from aiosd.daemon.pipeline.flow import Completion, Pipeline
+from aiosd.daemon.pipeline.completion import Completion
+from aiosd.daemon.pipeline.flow import Pipeline
 from aiosd.daemon.pipeline.intake import ANONYMOUS, Intake
 from aiosd.daemon.pipeline.kernel import Kernel
 from aiosd.daemon.pipeline.records import Records
+from aiosd.daemon.pipeline.recovery import Recovery
 from aiosd.daemon.runtime.periodic import Periodic
 from aiosd.daemon.runtime.threads import SyscallThreads
 from aiosd.daemon.services.memory.guard import PolicyMemoryGuard
@@ -48,6 +50,8 @@ log = get_logger(__name__)
 
 #: Seconds between prunes of ended counter windows.
 PRUNE_INTERVAL = 60.0
+#: Seconds a sent reply's live record may wait to be retired with others.
+RETIRE_INTERVAL = 0.25
 
 
 def scheduler_user(amqp_url: str) -> str:
@@ -76,6 +80,8 @@ class SchedulerGraph:
     threads: SyscallThreads
     outbox: LiveOutbox
     pipeline: Pipeline
+    recovery: Recovery
+    completion: Completion
     leased: LeasedWork
     dispatcher: Dispatcher
     housekeeping: Periodic
@@ -133,6 +139,7 @@ def build_scheduler(settings: Settings) -> SchedulerGraph:
         may_retry=tools.may_retry,
     )
     pipeline = Pipeline(intake, records, audit, kernel, completion, outbox, leased, approvals)
+    recovery = Recovery(records, completion, pipeline.execute, approvals)
     dispatcher = Dispatcher(
         leased,
         make_ordering(settings.policy, settings.slice_tokens),
@@ -151,5 +158,6 @@ def build_scheduler(settings: Settings) -> SchedulerGraph:
 
     housekeeping.every(settings.approval_poll, "approvals", settle_approvals)
     housekeeping.every(PRUNE_INTERVAL, "prune_counters", counters.prune)
+    housekeeping.every(RETIRE_INTERVAL, "retire_records", completion.retire)
     housekeeping.every(STORAGE_SWEEP_INTERVAL, "storage_sweep", storage.sweep)
-    return SchedulerGraph(store, threads, outbox, pipeline, leased, dispatcher, housekeeping, counters)
+    return SchedulerGraph(store, threads, outbox, pipeline, recovery, completion, leased, dispatcher, housekeeping, counters)

@@ -128,6 +128,8 @@ class Broker:
             routing_key=method.routing_key or "",
             headers=dict(props.headers or {}),
             redelivered=bool(method.redelivered),
+            tag=tag,
+            ack_many=self.ack_many,
         )
         on_delivery(d)
 
@@ -136,6 +138,10 @@ class Broker:
     def reply(self, reply_to: str, correlation_id: str, reply: Reply, on_sent: Callable[[], None]) -> None:
         """Publish ``reply`` to the queue ``reply_to`` (thread-safe)."""
         self._later(partial(self._publish_reply, reply_to, correlation_id, encode(reply), on_sent))
+
+    def ack_many(self, tags: list[int]) -> None:
+        """Acknowledge deliveries of this connection's ingress channel (thread-safe, one hand-over)."""
+        self._later(partial(self._ack_tags, list(tags)))
 
     def publish_lease(self, worker_id: str, body: bytes) -> None:
         """Send a lease to a worker's queue (thread-safe). A lost lease simply expires."""
@@ -153,6 +159,11 @@ class Broker:
     def _ack(self, tag: int) -> None:
         if self._ch.is_open:
             self._ch.basic_ack(tag)
+
+    def _ack_tags(self, tags: list[int]) -> None:
+        if self._ch.is_open:
+            for tag in tags:
+                self._ch.basic_ack(tag)
 
     def _nack(self, tag: int, requeue: bool) -> None:
         if self._ch.is_open:

@@ -29,8 +29,20 @@ class Settings(BaseSettings):
     )
     mongo_url: str = Field(default="mongodb://127.0.0.1:27017/", description="MongoDB URL.")
     mongo_db: str = Field(default="aiosd", description="Database holding all aiosd collections.")
-    prefetch: int = Field(default=64, ge=1, le=10_000, description="Unacked deliveries in flight.")
+    prefetch: int = Field(default=256, ge=1, le=10_000, description="Unacked deliveries in flight.")
     threads: int = Field(default=8, ge=1, le=256, description="Threads serving syscalls.")
+    batch_size: int = Field(
+        default=64,
+        ge=1,
+        le=1000,
+        description="Group commit: at most this many deliveries are admitted and stored together.",
+    )
+    batch_wait_ms: float = Field(
+        default=2.0,
+        ge=0,
+        le=1000,
+        description="Group commit: a delivery waits at most this long for others to join it.",
+    )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Larger requests are refused.")
     dev_allow_anonymous: bool = Field(
         default=False,

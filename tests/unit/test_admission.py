@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 
-from aiosd.daemon.access.authorizer import Admission, Refused, refusal_of
+from aiosd.daemon.access.authorizer import Admission, Ask, Refused, refusal_of
 from aiosd.daemon.access.directory import Standing
 from aiosd.daemon.access.policy import Policy
 from aiosd.daemon.leasing.caps import CapRound
 from aiosd.daemon.pipeline.intake import ANONYMOUS, Intake, OwnDataAuthorizer, Rejected
 from aiosd.daemon.transport.delivery import Delivery
 from aiosd.sdk.llm import LlmChatArgs
-from aiosd.sdk.protocol import ErrorCode, Request, Status
+from aiosd.sdk.protocol import ErrorCode, Status
 from aiosd.sdk.syscalls import MemoryAddArgs
 from aiosd.sdk.tools import ToolCallArgs
 
@@ -73,16 +73,16 @@ def test_priority_is_clamped_to_the_protocol_range_then_to_the_authorizers_word(
     assert _intake().admit(_delivery(ADD, priority=-3)).envelope.priority == 0
 
     class AtMostTwo:
-        def authorize(self, agent: str, request: Request, args: Any, priority: int) -> Admission:
-            return Admission(min(priority, 2))
+        def authorize_many(self, asks: list[Ask]) -> list[Admission | Refused]:
+            return [Admission(min(ask.priority, 2)) for ask in asks]
 
     assert _intake(authorizer=AtMostTwo()).admit(_delivery(ADD, priority=8)).envelope.priority == 2
 
 
 def test_an_authorizers_refusal_is_answered_and_audited_as_denied_but_not_dead_lettered() -> None:
     class No:
-        def authorize(self, agent: str, request: Request, args: Any, priority: int) -> Admission:
-            raise Refused(ErrorCode.QUOTA_EXCEEDED, "used up", resource="memory:alice")
+        def authorize_many(self, asks: list[Ask]) -> list[Admission | Refused]:
+            return [Refused(ErrorCode.QUOTA_EXCEEDED, "used up", resource="memory:alice") for _ in asks]
 
     with pytest.raises(Rejected) as caught:
         _intake(authorizer=No()).admit(_delivery(ADD))
@@ -147,3 +147,17 @@ def test_a_cap_round_admits_an_agent_until_it_holds_its_maximum() -> None:
         assert cap.admits("free")
         cap.took("free")
     assert asked.count("capped") == 1 and asked.count("free") == 1  # one policy read per agent per round
+
+
+def test_a_batch_keeps_its_order_and_mixes_rejections_with_admissions() -> None:
+    batch = [
+        _delivery(ADD, message_id="a"),
+        _delivery(b"{not json", message_id="b"),
+        _delivery(ADD, message_id="c", priority=7),
+        _delivery(ADD, message_id="d", user_id=None),
+    ]
+    verdicts = _intake().admit_many(batch)
+    assert [type(v).__name__ for v in verdicts] == ["Accepted", "Rejected", "Accepted", "Rejected"]
+    first, third = verdicts[0], verdicts[2]
+    assert not isinstance(first, Rejected) and first.envelope.message_id == "a"
+    assert not isinstance(third, Rejected) and third.envelope.priority == 7

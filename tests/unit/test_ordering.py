@@ -43,8 +43,8 @@ def test_round_robin_is_fifo_with_time_slices() -> None:
 
 def test_the_database_sort_matches_the_in_process_order() -> None:
     # The dispatcher loads a window with `sort` and then orders it: both must agree.
-    assert Fifo().sort == [("queued_at", 1)]
-    assert Priority().sort == [("priority", -1), ("queued_at", 1)]
+    assert Fifo().sort == (("queued_at", 1),)
+    assert Priority().sort == (("priority", -1), ("queued_at", 1))
 
 
 def test_make_ordering_names_every_policy_and_refuses_others() -> None:

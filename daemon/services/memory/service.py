@@ -12,16 +12,17 @@ the effect once.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from pymongo import ReturnDocument
 from pymongo.collection import Collection
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from aiosd.daemon.errors import Denied, NotFound
+from aiosd.daemon.errors import Denied, NotFound, QuotaExceeded
 from aiosd.daemon.services.context import CallContext
 from aiosd.daemon.services.memory.ranking import rank
-from aiosd.daemon.store import Doc
+from aiosd.daemon.store import DUPLICATE_KEY, Doc
 from aiosd.sdk.protocol import utcnow
 from aiosd.sdk.syscalls import (
     MemoryAddArgs,
@@ -61,18 +62,8 @@ class MemoryService:
 
     def add(self, ctx: CallContext, args: MemoryAddArgs) -> NoteRef:
         """``memory.add``."""
-        note_id = "n_" + hashlib.sha256(f"{ctx.agent}\0{ctx.call_id}".encode()).hexdigest()[:24]
-        now = utcnow()
-        doc: Doc = {
-            "_id": note_id,
-            "agent": ctx.agent,
-            "content": args.content,
-            "tags": list(args.tags),
-            "metadata": dict(args.metadata),
-            "created_at": now,
-            "updated_at": now,
-            "deleted": False,
-        }
+        doc = _note_doc(ctx, args)
+        note_id = doc["_id"]
         size = _size(args.content)
         if self._guard is not None:
             self._guard.reserve(ctx.agent, 1, size)
@@ -85,6 +76,62 @@ class MemoryService:
             self._release(ctx.agent, 1, size)
             raise
         return NoteRef(id=note_id)
+
+    def add_many(self, calls: list[tuple[CallContext, MemoryAddArgs]]) -> Sequence[NoteRef | Exception]:
+        """``memory.add`` for a batch: one quota reservation per agent, one insert.
+
+        When an agent's batch does not fit its quota, its notes are reserved one
+        by one, so exactly as many are stored as the quota allows; the others
+        fail with ``quota_exceeded``.
+        """
+        out: list[NoteRef | Exception | None] = [None] * len(calls)
+        docs: list[tuple[int, Doc, int]] = []
+        by_agent: dict[str, list[int]] = {}
+        for i, (ctx, _) in enumerate(calls):
+            by_agent.setdefault(ctx.agent, []).append(i)
+        for agent, indexes in by_agent.items():
+            sizes = {i: _size(calls[i][1].content) for i in indexes}
+            for i in self._reserve_many(agent, sizes, out):
+                docs.append((i, _note_doc(*calls[i]), sizes[i]))
+        if docs:
+            self._insert_notes(docs)
+        for i, doc, _ in docs:
+            out[i] = NoteRef(id=doc["_id"])
+        return [o if o is not None else RuntimeError("not served") for o in out]
+
+    def _reserve_many(self, agent: str, sizes: dict[int, int], out: list[NoteRef | Exception | None]) -> list[int]:
+        """Reserve quota for ``sizes`` (index -> bytes); the indexes that got it."""
+        if self._guard is None:
+            return list(sizes)
+        try:
+            self._guard.reserve(agent, len(sizes), sum(sizes.values()))
+            return list(sizes)
+        except QuotaExceeded:
+            pass
+        admitted = []
+        for i, size in sizes.items():
+            try:
+                self._guard.reserve(agent, 1, size)
+                admitted.append(i)
+            except QuotaExceeded as exc:
+                out[i] = exc
+        return admitted
+
+    def _insert_notes(self, docs: list[tuple[int, Doc, int]]) -> None:
+        try:
+            self._col.insert_many([doc for _, doc, _ in docs], ordered=False)
+        except BulkWriteError as exc:
+            failed = {int(e["index"]): int(e.get("code", 0)) for e in exc.details.get("writeErrors", [])}
+            # A duplicate is the same syscall run before a crash: its effect (and quota share) exists.
+            for n, (_, doc, size) in enumerate(docs):
+                if n in failed:
+                    self._release(doc["agent"], 1, size)
+            if any(code != DUPLICATE_KEY for code in failed.values()):
+                raise
+        except Exception:
+            for _, doc, size in docs:
+                self._release(doc["agent"], 1, size)
+            raise
 
     def _release(self, agent: str, notes: int, nbytes: int) -> None:
         if self._guard is not None and (notes or nbytes):
@@ -159,3 +206,18 @@ def _note(doc: Doc) -> Note:
 def _size(content: str) -> int:
     """Bytes a note's content counts against the memory quota."""
     return len(content.encode("utf-8"))
+
+
+def _note_doc(ctx: CallContext, args: MemoryAddArgs) -> Doc:
+    """A new note; its id derives from the syscall, so running the syscall again finds it."""
+    now = utcnow()
+    return {
+        "_id": "n_" + hashlib.sha256(f"{ctx.agent}\0{ctx.call_id}".encode()).hexdigest()[:24],
+        "agent": ctx.agent,
+        "content": args.content,
+        "tags": list(args.tags),
+        "metadata": dict(args.metadata),
+        "created_at": now,
+        "updated_at": now,
+        "deleted": False,
+    }

@@ -1,0 +1,63 @@
+"""Recovery: finish what a crash or a lost connection left unfinished.
+
+Once a syscall's record is stored, MongoDB owns it. On start (and in a
+periodic sweep of records old enough that no live delivery can still be
+serving them) the scheduler re-sends replies that were committed but may not
+have left, runs accepted syscalls again (they are idempotent on their
+message id), and parks again a call that needs approval. Queued and leased
+calls belong to the dispatcher.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from pydantic import BaseModel
+
+from aiosd.daemon.pipeline.completion import Completion
+from aiosd.daemon.pipeline.records import Envelope, Records, envelope_from_record
+from aiosd.daemon.store import Doc
+from aiosd.sdk.protocol import Reply
+from aiosd.sdk.syscalls import CATALOGUE
+
+#: Serve an accepted syscall (the pipeline's ``execute``).
+Execute = Callable[[Envelope, BaseModel], None]
+
+
+class Holder(Protocol):
+    """Parks a recovered call that needs approval (see :mod:`.approvals`)."""
+
+    def hold(self, doc: Doc) -> bool:
+        """``True`` if the call was (or is now) parked for a human."""
+
+
+class Recovery:
+    """Finishes accepted syscalls and re-sends replies that may not have left."""
+
+    def __init__(self, records: Records, completion: Completion, execute: Execute, gate: Holder | None = None) -> None:
+        self._records = records
+        self._completion = completion
+        self._execute = execute
+        self._gate = gate
+
+    def recover(self, older_than: float = 0.0) -> int:
+        """Handle live records accepted at least ``older_than`` seconds ago; return how many."""
+        count = 0
+        for doc in self._records.live(older_than):
+            env = envelope_from_record(doc)
+            done = self._records.result(env.key)
+            if done is not None:
+                self._completion.send(env, Reply.model_validate(done["reply"]))
+            elif doc["state"] == "accepted":
+                # A call that needs approval may have been stored but not parked before a crash.
+                if self._gate is None or not self._gate.hold(doc):
+                    self._execute(env, _args_of(env))
+            else:
+                continue  # queued or leased: the dispatcher owns it
+            count += 1
+        return count
+
+
+def _args_of(env: Envelope) -> BaseModel:
+    return CATALOGUE[env.request.syscall].args.model_validate(env.request.args)
