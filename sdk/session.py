@@ -97,6 +97,9 @@ class Session:
             arguments={"x-expires": REPLY_QUEUE_EXPIRES_MS},
         )
         rch.basic_consume(queue=self._reply_queue, no_ack=True, callback=self._on_reply)
+        self._pub_poll, self._rep_poll = select.poll(), select.poll()
+        self._pub_poll.register(self._pub.sock, select.POLLIN)
+        self._rep_poll.register(self._rep.sock, select.POLLIN)
         self._next_tick = time.monotonic() + self._tick_every
 
     def _connect(self, name: str) -> amqp.Connection:
@@ -143,11 +146,11 @@ class Session:
         readable, _, _ = select.select([self._pub.sock, self._rep.sock, wake], [], [], wait)
         if self._pub.sock in readable or _buffered(self._pub):
             try:
-                _read_frame(self._pub)
+                _read_frames(self._pub, self._pub_poll)
             except amqp.exceptions.IrrecoverableChannelError as exc:
                 raise PublishRefused(str(exc)) from exc
         if self._rep.sock in readable or _buffered(self._rep):
-            _read_frame(self._rep)
+            _read_frames(self._rep, self._rep_poll)
         if time.monotonic() >= self._next_tick:
             # Ticked on a clock, not on idleness: a client busy receiving
             # replies must still send heartbeats (and notice a silent broker).
@@ -175,11 +178,15 @@ class Session:
         self._pub = self._rep = None
 
 
-def _read_frame(conn: amqp.Connection) -> None:
-    try:
-        conn.blocking_read(timeout=None)  # the socket's own timeout bounds a partial frame
-    except TimeoutError:
-        return  # half a frame so far: py-amqp keeps it and reads the rest next time
+def _read_frames(conn: amqp.Connection, poller: select.poll, limit: int = 64) -> None:
+    """Read the frames that have arrived (at most ``limit``, so the other connection gets its turn)."""
+    for _ in range(limit):
+        try:
+            conn.blocking_read(timeout=None)  # the socket's own timeout bounds a partial frame
+        except TimeoutError:
+            return  # half a frame so far: py-amqp keeps it and reads the rest next time
+        if not poller.poll(0) and not _buffered(conn):
+            return
 
 
 def _buffered(conn: amqp.Connection) -> bool:

@@ -133,7 +133,8 @@ class Transport:
     def _wake(self) -> None:
         # One byte per sleep is enough; the flag saves a syscall per call under load.
         # Order matters: the request is queued before the flag is read, and the
-        # I/O thread clears the flag before it drains the queue.
+        # I/O thread clears the flag after reading the wake-up bytes, before it
+        # drains the queue.
         if self._wake_armed:
             return
         self._wake_armed = True
@@ -195,11 +196,13 @@ class Transport:
             self._flush(session)
             woken = session.pump(0.0 if self._outbox else 1.0, self._wake_r)
             if woken:
-                self._wake_armed = False
                 try:
                     self._wake_r.recv(4096)
                 except BlockingIOError:
                     pass
+                # Only now: a byte sent after this point wakes the next select, and a
+                # request queued before it is seen by the next flush.
+                self._wake_armed = False
 
     def _flush(self, session: Session) -> None:
         for _ in range(min(len(self._outbox), _WRITE_BATCH)):

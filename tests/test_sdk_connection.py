@@ -52,11 +52,12 @@ def kill(conns: list[dict[str, Any]]) -> None:
             api.delete(f"/connections/{quote(c['name'], safe='')}", headers={"X-Reason": "test kills the SDK"})
 
 
-def both_connections(vhost: str, agent: str) -> list[dict[str, Any]]:
+def both_connections(vhost: str, agent: str, not_in: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+    """The client's publish and reply connections, once the broker lists both (and neither is in ``not_in``)."""
     found: list[dict[str, Any]] = []
 
     def two() -> bool:
-        found[:] = sdk_connections(vhost, agent)
+        found[:] = [c for c in sdk_connections(vhost, agent) if c["name"] not in not_in]
         return len(found) == 2
 
     wait_for(two, what="the client's two connections")
@@ -112,30 +113,43 @@ def test_async_client_heartbeats_when_idle_and_busy(shared_world: World, schedul
 
 
 def test_calls_survive_connections_killed_mid_run(shared_world: World, scheduler: SchedulerProcess) -> None:
-    """Kill the client's connections twice during 1,200 calls: every call completes, each exactly once."""
+    """Kill the client's connections twice while 12 threads make calls: every call completes, each exactly once."""
     run = f"run-{uuid.uuid4().hex[:8]}"
-    calls, threads = 1200, 12
+    stop = threading.Event()
     with Client(shared_world.amqp_url(), timeout=60, heartbeat=HEARTBEAT) as client:
-        done = [0]
+        ids: list[str] = []
         lock = threading.Lock()
 
-        def one(i: int) -> str:
-            ref = client.memory.add(f"{run} note {i}", tags=[run])
-            with lock:
-                done[0] += 1
-            return ref.id
+        def caller(n: int) -> int:
+            made = 0
+            while not stop.is_set():
+                ref = client.memory.add(f"{run} note {n}-{made}", tags=[run])  # raises if the call failed
+                made += 1
+                with lock:
+                    ids.append(str(ref.id))
+            return made
 
-        with ThreadPoolExecutor(threads) as pool:
-            futures = [pool.submit(one, i) for i in range(calls)]
-            for when in (calls // 4, calls // 2):
-                wait_for(lambda when=when: done[0] >= when, timeout=40, what=f"{when} calls")  # type: ignore[misc]
-                kill(both_connections(shared_world.vhost, client.agent))
-            ids = [f.result() for f in futures]  # raises if any call failed
-        assert len(set(ids)) == calls
-        assert client.connection_stats.reconnects >= 2
-        assert client.memory.get(ids[-1]).content == f"{run} note {calls - 1}"
+        def done() -> int:
+            with lock:
+                return len(ids)
+
+        with ThreadPoolExecutor(12) as pool:
+            callers = [pool.submit(caller, n) for n in range(12)]
+            killed: frozenset[str] = frozenset()
+            for kills in (1, 2):
+                conns = both_connections(shared_world.vhost, client.agent, not_in=killed)  # the live ones
+                before = done()
+                kill(conns)  # calls are in flight: the threads never pause
+                killed |= {c["name"] for c in conns}
+                wait_for(lambda: client.connection_stats.reconnects >= kills, what=f"reconnect {kills}")  # noqa: B023
+                wait_for(lambda: done() >= before + 200, what="calls after the reconnect")  # noqa: B023
+            stop.set()
+            made = sum(c.result() for c in callers)
+        assert made == len(ids) > 400
+        assert len(set(ids)) == made
+        assert client.connection_stats.reconnects == 2
     # Re-published requests kept their message ids: the scheduler ran each call once.
-    assert shared_world.db()["memory"].count_documents({"tags": run}) == calls
+    assert shared_world.db()["memory"].count_documents({"tags": run}) == made
 
 
 @pytest.fixture
