@@ -1,92 +1,181 @@
-"""Lease state of LLM syscalls, kept on their live records in MongoDB.
+"""The queue and lease book of leased syscalls, in the owning scheduler's memory.
 
-An LLM syscall's live record moves ``accepted -> queued -> leased`` and back
-to ``queued`` (time slice over, lease expired, handed back) until a worker's
-``done`` settles it. Every move is one ``find_one_and_update`` guarded on the
-current state and lease id, so an expiry and a late completion can never
-both win, and a scheduler restart finds every lease where it was.
+A leased syscall (an LLM or tool call) moves ``queued -> leased`` and back to
+``queued`` (time slice over, lease expired, handed back) until a worker's
+outcome settles it. The scheduler that owns the queue keeps that state here,
+in memory, under one lock; dispatching never scans a collection. Each entry
+holds only what ordering, routing and caps need (well under 1 KiB): the
+arguments stay in the call's live record and are read, by ``_id`` and a
+round at a time, when a lease is granted.
+
+MongoDB stays the durable record. Every transition is also queued as an
+update of the live record and written in batches (:meth:`LeaseBook.flush`:
+each dispatch round and a periodic job), so a restart rebuilds the book with
+:meth:`LeaseBook.load`. What a crash can lose is the last few transitions:
+a call may then run again, and the first completion to commit its result wins
+(:mod:`aiosd.daemon.pipeline.completion`). A lease that must not be lost (an
+irreversible tool's) is written before it is published.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import threading
 import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
-from enum import Enum
 from typing import Any
 
-from pymongo import ReturnDocument
+from pymongo import UpdateOne
 from pymongo.collection import Collection
 
+from aiosd.daemon.leasing.routing import affinity_key
 from aiosd.daemon.store import Doc
 from aiosd.sdk.cluster import Snapshot
 from aiosd.sdk.protocol import Usage, utcnow
+from aiosd.sdk.syscalls import served_by
+
+QUEUED, LEASED = "queued", "leased"
+#: A live record's state while its settled result is being committed.
+SETTLING = "settling"
+
+#: Orders queued entries (smaller first); see :mod:`.ordering`.
+OrderKey = Callable[[Doc], tuple[Any, ...]]
 
 
-class LlmState(str, Enum):
-    """Where an LLM syscall is."""
+@dataclass
+class _Heap:
+    """Queued entries in one ordering; stale items (granted, re-queued) are skipped lazily."""
 
-    QUEUED = "queued"
-    LEASED = "leased"
-    SETTLING = "settling"  # a worker's outcome won; the result is being committed
+    key: OrderKey
+    items: list[tuple[tuple[Any, ...], int, str, int]] = field(default_factory=list)
+    seq: itertools.count[int] = field(default_factory=itertools.count)
 
 
 class LeaseBook:
-    """Guarded state transitions of LLM syscalls on the live collection."""
+    """Queued and leased calls by key; thread-safe."""
 
-    def __init__(self, live: Collection[Doc]) -> None:
+    def __init__(self, live: Collection[Doc], order: OrderKey) -> None:
         self._live = live
+        self._entries: dict[str, Doc] = {}
+        self._heap = _Heap(order)
+        self._pending: list[UpdateOne] = []
         self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
 
-    def enqueue(self, key: str, prompt: list[dict[str, Any]] | None = None) -> bool:
-        """Queue an accepted syscall for a worker; ``False`` if it was already queued.
+    # -- durable record --------------------------------------------------------------
+
+    def load(self, ttl: float) -> int:
+        """Rebuild from the live records after a start; leases get ``ttl`` to be confirmed by heartbeats."""
+        found = self._live.find(
+            {"state": {"$in": [QUEUED, LEASED, SETTLING]}},
+            {"args": 0, "prompt": 0, "snapshot": 0, "reply_to": 0, "correlation_id": 0},
+        )
+        expires = utcnow() + timedelta(seconds=ttl)
+        with self._lock:
+            for doc in found:
+                entry = _entry(doc, doc.get("hint") or {})
+                entry.update({k: doc[k] for k in ("attempts", "slices", "usage", "run_ms") if k in doc})
+                if doc["state"] == QUEUED or not doc.get("lease"):
+                    self._push(entry)
+                else:  # leased, or settling when the scheduler stopped: its worker may still report
+                    entry.update(state=LEASED, lease={**doc["lease"], "expires_at": expires})
+                self._entries[entry["_id"]] = entry
+            return len(self._entries)
+
+    def flush(self) -> None:
+        """Write the queued transitions to the live records (one bulk write, in order)."""
+        with self._flush_lock:
+            with self._lock:
+                ops, self._pending = self._pending, []
+            if ops:
+                self._live.bulk_write(ops, ordered=True)
+
+    def _record(self, key: str, update: Doc) -> None:
+        self._pending.append(UpdateOne({"_id": key}, update))
+
+    # -- transitions -------------------------------------------------------------------
+
+    def enqueue(self, record: Doc, prompt: list[dict[str, Any]] | None = None) -> bool:
+        """Queue an accepted syscall (its live record); ``False`` if it is already in the book.
 
         ``prompt`` replaces the call's messages when it is leased (a session's
-        history put in front); it is fixed here so every time slice of the
-        call resumes the very same prompt.
+        history put in front); it is fixed here so every time slice resumes it.
         """
-        fields: Doc = {"state": LlmState.QUEUED.value, "queued_at": utcnow(), "attempts": 0, "slices": 0,
-                       "usage": Usage().model_dump(), "run_ms": 0.0}
+        hint = hint_of(record)
+        entry = _entry(record, hint)
+        fields: Doc = {"state": QUEUED, "queued_at": entry["queued_at"], "attempts": 0, "slices": 0,
+                       "usage": Usage().model_dump(), "run_ms": 0.0, "hint": hint}
         if prompt is not None:
             fields["prompt"] = prompt
-        doc = self._update({"_id": key, "state": "accepted"}, {"$set": fields})
-        return doc is not None
+        with self._lock:
+            if entry["_id"] in self._entries:
+                return False
+            self._entries[entry["_id"]] = entry
+            self._push(entry)
+            self._record(entry["_id"], {"$set": fields})
+        return True
 
-    def queued(self, limit: int, sort: tuple[tuple[str, int], ...]) -> list[Doc]:
-        """The first ``limit`` queued syscalls in ``sort`` order."""
-        return list(self._live.find({"state": LlmState.QUEUED.value}).sort(list(sort)).limit(limit))
+    def take(self, limit: int) -> list[Doc]:
+        """Up to ``limit`` queued entries in order, removed from the queue: :meth:`grant` or :meth:`put_back` each."""
+        taken: list[Doc] = []
+        with self._lock:
+            while self._heap.items and len(taken) < limit:
+                _, _, key, version = heapq.heappop(self._heap.items)
+                entry = self._entries.get(key)
+                if entry is not None and entry["state"] == QUEUED and entry["version"] == version:
+                    taken.append(entry)
+        return taken
 
-    def grant(self, key: str, worker: str, ttl: float) -> Doc | None:
-        """Lease a queued syscall to ``worker``; the updated record, or ``None`` if it moved."""
+    def put_back(self, entries: list[Doc]) -> None:
+        """Return taken entries that were not leased this round (same place in the order)."""
+        with self._lock:
+            for entry in entries:
+                if entry["state"] == QUEUED:
+                    self._push(entry, bump=False)
+
+    def grant(self, entry: Doc, worker: str, ttl: float, durable: bool = False) -> Doc | None:
+        """Lease a taken entry to ``worker``; the entry, or ``None`` if it moved on meanwhile."""
         now = utcnow()
         lease = {"id": uuid.uuid4().hex, "worker": worker, "granted_at": now, "expires_at": now + timedelta(seconds=ttl)}
-        return self._update(
-            {"_id": key, "state": LlmState.QUEUED.value},
-            {"$set": {"state": LlmState.LEASED.value, "lease": lease}, "$inc": {"attempts": 1}},
-        )
+        with self._lock:
+            if self._entries.get(entry["_id"]) is not entry or entry["state"] != QUEUED:
+                return None
+            entry.update(state=LEASED, lease=lease, attempts=entry["attempts"] + 1)
+            self._record(entry["_id"], {"$set": {"state": LEASED, "lease": lease}, "$inc": {"attempts": 1}})
+        if durable:
+            self.flush()
+        return entry
 
     def extend(self, worker: str, lease_ids: list[str], ttl: float) -> int:
-        """Push back the expiry of the leases ``worker`` says it holds."""
-        if not lease_ids:
-            return 0
-        with self._lock:  # see _update: a racing write must not be undone by this one
-            result = self._live.update_many(
-                {"state": LlmState.LEASED.value, "lease.worker": worker, "lease.id": {"$in": lease_ids}},
-                {"$set": {"lease.expires_at": utcnow() + timedelta(seconds=ttl)}},
-            )
-        return int(result.modified_count)
+        """Push back the expiry of the leases ``worker`` says it holds (not written: a restart grants afresh)."""
+        wanted, expires, count = set(lease_ids), utcnow() + timedelta(seconds=ttl), 0
+        with self._lock:
+            for entry in self._entries.values():
+                lease = entry.get("lease")
+                if entry["state"] == LEASED and lease and lease["worker"] == worker and lease["id"] in wanted:
+                    lease["expires_at"] = expires
+                    count += 1
+        return count
 
     def expired(self) -> list[Doc]:
-        """Leased syscalls whose lease ran out."""
-        return list(self._live.find({"state": LlmState.LEASED.value, "lease.expires_at": {"$lt": utcnow()}}))
+        """Leased entries whose lease ran out."""
+        now = utcnow()
+        with self._lock:
+            return [e for e in self._entries.values() if e["state"] == LEASED and e["lease"]["expires_at"] < now]
 
     def held_by(self, worker: str) -> list[Doc]:
-        """Syscalls currently leased to ``worker``."""
-        return list(self._live.find({"state": LlmState.LEASED.value, "lease.worker": worker}))
+        """Entries currently leased to ``worker``."""
+        with self._lock:
+            return [e for e in self._entries.values() if e["state"] == LEASED and e["lease"]["worker"] == worker]
 
-    def leased(self) -> list[Doc]:
-        """Every leased syscall (to rebuild worker loads after a restart)."""
-        return list(self._live.find({"state": LlmState.LEASED.value}, {"lease": 1}))
+    def llm_calls_held(self) -> Counter[str]:
+        """LLM calls on workers, per agent (for ``max_concurrent_llm``)."""
+        with self._lock:
+            return Counter(e["agent"] for e in self._entries.values() if e["state"] == LEASED and e["kind"] == "llm")
 
     def requeue(
         self,
@@ -98,55 +187,114 @@ class LeaseBook:
         run_ms: float = 0.0,
         refund_attempt: bool = False,
     ) -> Doc | None:
-        """Put a leased syscall back in the queue (at the back); ``None`` if the lease is not current."""
-        update: dict[str, Any] = {
-            "$set": {"state": LlmState.QUEUED.value, "queued_at": utcnow()},
-            "$unset": {"lease": ""},
-            "$inc": _usage_inc(usage, run_ms),
-        }
-        if snapshot is not None:
-            update["$set"]["snapshot"] = snapshot.model_dump()
-            update["$inc"]["slices"] = 1
-        if refund_attempt:
-            update["$inc"]["attempts"] = -1
-        return self._update({"_id": key, "state": LlmState.LEASED.value, "lease.id": lease_id}, update)
+        """Put a leased call back in the queue (at the back); ``None`` if the lease is not current."""
+        now = utcnow()
+        update: dict[str, Any] = {"$set": {"state": QUEUED, "queued_at": now}, "$unset": {"lease": ""}, "$inc": {}}
+        with self._lock:
+            entry = self._current(key, lease_id)
+            if entry is None:
+                return None
+            self._add_usage(entry, update, usage, run_ms)
+            if snapshot is not None:
+                update["$set"]["snapshot"] = snapshot.model_dump()
+                update["$inc"]["slices"] = 1
+                entry["slices"] += 1
+            if refund_attempt:
+                update["$inc"]["attempts"] = -1
+                entry["attempts"] -= 1
+            entry.update(state=QUEUED, lease=None, queued_at=now)
+            self._push(entry)
+            self._record(key, update)
+        return entry
 
     def settle(self, key: str, lease_id: str, usage: Usage | None = None, run_ms: float = 0.0) -> Doc | None:
-        """Claim the syscall for the outcome of ``lease_id``; ``None`` if that lease is stale.
-
-        A redelivered outcome (the scheduler died while settling) finds the
-        record already settling under the same lease and settles it again,
-        without counting its usage twice.
-        """
-        doc = self._update(
-            {"_id": key, "state": LlmState.LEASED.value, "lease.id": lease_id},
-            {"$set": {"state": LlmState.SETTLING.value}, "$inc": {**_usage_inc(usage, run_ms), "slices": 1}},
-        )
-        if doc is not None:
-            return doc
-        return self._live.find_one({"_id": key, "state": LlmState.SETTLING.value, "lease.id": lease_id})
+        """Take the call out of the book for the outcome of ``lease_id``; ``None`` if that lease is stale."""
+        update: dict[str, Any] = {"$set": {"state": SETTLING}, "$inc": {"slices": 1}}
+        with self._lock:
+            entry = self._current(key, lease_id)
+            if entry is None:
+                return None
+            self._add_usage(entry, update, usage, run_ms)
+            entry["slices"] += 1
+            return self._drop(entry, update)
 
     def give_up(self, key: str, lease_id: str | None) -> Doc | None:
-        """Claim a syscall to fail it (attempts exhausted); ``None`` if it moved on."""
-        query: Doc = {"_id": key}
-        if lease_id is None:
-            query["state"] = LlmState.QUEUED.value
-        else:
-            query.update({"state": LlmState.LEASED.value, "lease.id": lease_id})
-        return self._update(query, {"$set": {"state": LlmState.SETTLING.value}})
-
-    def _update(self, query: Doc, update: Doc) -> Doc | None:
-        # FerretDB applies findAndModify as a read and a separate write, so two
-        # racing transitions could both pass the guard there. Serialising them
-        # in-process makes them exact for one scheduler on any server; on
-        # MongoDB the guard alone is exact across schedulers.
+        """Take a call out of the book to fail it; ``None`` if it moved on (or its lease is stale)."""
         with self._lock:
-            return self._live.find_one_and_update(query, update, return_document=ReturnDocument.AFTER)
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if lease_id is None and entry["state"] != QUEUED:
+                return None
+            if lease_id is not None and self._current(key, lease_id) is None:
+                return None
+            return self._drop(entry, {"$set": {"state": SETTLING}})
+
+    def read(self, keys: list[str]) -> dict[str, Doc]:
+        """The live records of ``keys`` (arguments, prompt, snapshot), by ``_id``, in one read."""
+        if not keys:
+            return {}
+        return {d["_id"]: d for d in self._live.find({"_id": {"$in": keys}})}
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    # -- under the lock ----------------------------------------------------------------
+
+    def _current(self, key: str, lease_id: str) -> Doc | None:
+        entry = self._entries.get(key)
+        lease = entry.get("lease") if entry else None
+        return entry if entry is not None and entry["state"] == LEASED and lease and lease["id"] == lease_id else None
+
+    def _drop(self, entry: Doc, update: Doc) -> Doc:
+        entry["state"] = SETTLING
+        del self._entries[entry["_id"]]
+        self._record(entry["_id"], update)
+        return entry
+
+    def _push(self, entry: Doc, bump: bool = True) -> None:
+        if bump:
+            entry["version"] += 1
+        heapq.heappush(self._heap.items, (self._heap.key(entry), next(self._heap.seq), entry["_id"], entry["version"]))
+
+    @staticmethod
+    def _add_usage(entry: Doc, update: dict[str, Any], usage: Usage | None, run_ms: float) -> None:
+        update["$inc"]["run_ms"] = run_ms
+        entry["run_ms"] = float(entry.get("run_ms") or 0.0) + run_ms
+        if usage is not None:
+            totals = dict(entry.get("usage") or {})
+            for name, value in usage.model_dump().items():
+                update["$inc"][f"usage.{name}"] = value
+                totals[name] = int(totals.get(name) or 0) + value
+            entry["usage"] = totals
 
 
-def _usage_inc(usage: Usage | None, run_ms: float) -> dict[str, Any]:
-    inc: dict[str, Any] = {"run_ms": run_ms}
-    if usage is not None:
-        for field, value in usage.model_dump().items():
-            inc[f"usage.{field}"] = value
-    return inc
+def hint_of(record: Doc) -> Doc:
+    """The arguments routing and retries look at: the model of an LLM call, the tool of a tool call."""
+    args = record.get("args") or {}
+    return {"model": args.get("model")} if served_by(record["syscall"]) == "llm" else {"name": args.get("name")}
+
+
+def _entry(record: Doc, hint: Doc) -> Doc:
+    """What the book keeps of a call: the fields ordering, routing, caps and retries read."""
+    return {
+        "_id": record["_id"],
+        "id": record.get("id"),
+        "agent": record["agent"],
+        "syscall": record["syscall"],
+        "kind": served_by(record["syscall"]),
+        "priority": int(record.get("priority") or 0),
+        "deadline": record.get("deadline"),
+        "queued_at": record.get("queued_at") or utcnow(),
+        "args": hint,
+        "session": record.get("session"),
+        "affinity": affinity_key(record),
+        "state": QUEUED,
+        "lease": None,
+        "attempts": 0,
+        "slices": 0,
+        "usage": None,  # token counts once a slice or outcome reports some
+        "run_ms": 0.0,
+        "version": 0,
+    }

@@ -9,28 +9,19 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
-from pymongo.collection import Collection
-
 from aiosd.daemon.access.authorizer import PolicyLookup
-from aiosd.daemon.store import Doc
-from aiosd.sdk.syscalls import served_by
-
-#: Live-record states in which an LLM call occupies a worker.
-ON_WORKER = ("leased", "settling")
 
 
 class LlmCaps:
     """Per-agent limits on LLM calls held by workers at once (``max_concurrent_llm``)."""
 
-    def __init__(self, policies: PolicyLookup, live: Collection[Doc]) -> None:
+    def __init__(self, policies: PolicyLookup, held: Callable[[], Counter[str]]) -> None:
         self._policies = policies
-        self._live = live
+        self._held = held
 
     def begin(self) -> CapRound:
-        """Snapshot of calls on workers, per agent, for one dispatch round."""
-        on_worker = self._live.find({"state": {"$in": list(ON_WORKER)}}, {"agent": 1, "syscall": 1})
-        held = Counter(str(d.get("agent")) for d in on_worker if served_by(str(d.get("syscall", ""))) == "llm")
-        return CapRound(held, self._limit)
+        """Calls on workers, per agent (from the lease book), for one dispatch round."""
+        return CapRound(self._held(), self._limit)
 
     def _limit(self, agent: str) -> int | None:
         standing = self._policies.standing(agent)

@@ -3,7 +3,7 @@
 Each round it (1) re-queues calls whose lease expired and those held by
 workers that stopped heartbeating, then (2) leases queued calls, in the
 policy's order, to workers with free capacity — never more than a worker's
-capacity, so the backlog waits in MongoDB, not in worker memory. It wakes
+capacity, so the backlog waits in the lease book, not in worker memory. It wakes
 when something changes (a call queued, a worker freed) and at least every
 ``IDLE_WAIT`` seconds.
 """
@@ -24,7 +24,6 @@ from aiosd.daemon.store import Doc
 from aiosd.sdk.cluster import Lease, Snapshot
 from aiosd.sdk.process.logs import get_logger
 from aiosd.sdk.protocol import ErrorCode, utcnow
-from aiosd.sdk.syscalls import served_by
 
 log = get_logger(__name__)
 
@@ -54,7 +53,7 @@ class Dispatcher:
         self._book: LeaseBook = work.book
         self._policy = ordering
         self._router = router
-        self._publish = publish
+        self._send = publish
         self._lease_ttl = lease_ttl
         self._caps = caps
         self._wake = wakeup
@@ -86,73 +85,91 @@ class Dispatcher:
                 self._stop.wait(1.0)
 
     def round(self) -> None:
-        """One pass: reap, expire, lease."""
+        """One pass: reap, expire, lease, then write the book's transitions."""
         for worker in self._llm.fleet.silent():
             log.warning("worker_dead", worker=worker)
             self._llm.lost(worker, reason=f"worker {worker} stopped heartbeating")
-        for doc in self._book.expired():
-            self._llm.expire(doc, reason="lease expired")
+        for entry in self._book.expired():
+            self._llm.expire(entry, reason="lease expired")
         self._lease()
+        self._book.flush()
 
     def _lease(self) -> None:
         members = self._llm.fleet.snapshot()
         free = sum(m.free for m in members.values())
         if free == 0:
             return
-        window = max(free * WINDOW_PER_SLOT, MIN_WINDOW)
-        queued = self._policy.order(self._book.queued(window, self._policy.sort))
-        caps = self._caps.begin() if self._caps is not None and queued else None
-        for doc in queued:
+        taken = self._book.take(max(free * WINDOW_PER_SLOT, MIN_WINDOW))
+        if not taken:
+            return
+        # The live records must say what the book says (a session's prompt) before they are read.
+        self._book.flush()
+        caps = self._caps.begin() if self._caps is not None else None
+        granted: list[Doc] = []
+        for entry in taken:
             if free == 0:
                 break
-            if doc.get("deadline") is not None and doc["deadline"] < utcnow():
-                self._llm.fail(doc, None, ErrorCode.DEADLINE_EXCEEDED, "deadline passed while the call was queued")
+            if entry.get("deadline") is not None and entry["deadline"] < utcnow():
+                self._llm.fail(entry, None, ErrorCode.DEADLINE_EXCEEDED, "deadline passed while the call was queued")
                 continue
-            capped = caps if served_by(doc["syscall"]) == "llm" else None  # tool calls do not count
-            if capped is not None and not capped.admits(doc["agent"]):
+            capped = caps if entry["kind"] == "llm" else None  # tool calls do not count
+            if capped is not None and not capped.admits(entry["agent"]):
                 continue  # the agent holds its max_concurrent_llm: its calls wait, others go
-            worker = self._router.choose(doc, members)
+            worker = self._router.choose(entry, members)
             if worker is None:
-                self._unservable(doc, members)
+                self._unservable(entry, members)
                 continue
-            if self._grant(doc, worker, members[worker]):
+            if self._grant(entry, worker, members[worker]):
+                granted.append(entry)
                 free -= 1
                 if capped is not None:
-                    capped.took(doc["agent"])
+                    capped.took(entry["agent"])
+        self._book.put_back([e for e in taken if e["state"] == "queued"])
+        self._publish(granted)
 
-    def _grant(self, doc: Doc, worker: str, member: Member) -> bool:
-        leased = self._book.grant(doc["_id"], worker, self._lease_ttl)
+    def _grant(self, entry: Doc, worker: str, member: Member) -> bool:
+        durable = not self._llm.may_retry(entry)  # an irreversible tool's lease is written before it goes out
+        leased = self._book.grant(entry, worker, self._lease_ttl, durable=durable)
         if leased is None:
             return False  # settled or failed meanwhile
-        lease_doc = leased["lease"]
-        member.leases.add(lease_doc["id"])
-        self._llm.fleet.assign(worker, lease_doc["id"])
-        self._router.served(doc, worker)
-        snapshot = leased.get("snapshot")
-        lease = Lease(
-            lease_id=lease_doc["id"],
-            key=leased["_id"],
-            agent=leased["agent"],
-            call_id=leased["id"],
-            syscall=leased["syscall"],
-            args=_lease_args(leased),
-            resume=Snapshot(**snapshot) if snapshot else None,
-            slice_tokens=self._policy.slice_tokens,
-            attempt=int(leased.get("attempts") or 1),
-            expires_at=lease_doc["expires_at"],
-        )
-        self._publish(worker, lease.model_dump_json().encode())
-        log.debug("leased", key=leased["_id"], worker=worker, lease=lease.lease_id, attempt=lease.attempt)
+        lease_id = leased["lease"]["id"]
+        member.leases.add(lease_id)
+        self._llm.fleet.assign(worker, lease_id)
+        self._router.served(entry, worker)
         return True
 
-    def _unservable(self, doc: Doc, members: dict[str, Member]) -> None:
-        if served_by(doc["syscall"]) != "llm":
+    def _publish(self, granted: list[Doc]) -> None:
+        """Send the round's leases; their arguments are read with one query."""
+        records = self._book.read([e["_id"] for e in granted])
+        for entry in granted:
+            record = records.get(entry["_id"])
+            if record is None:
+                continue  # finished meanwhile (a late outcome of an earlier lease): nothing to run
+            lease_doc = entry["lease"]
+            snapshot = record.get("snapshot")
+            lease = Lease(
+                lease_id=lease_doc["id"],
+                key=entry["_id"],
+                agent=entry["agent"],
+                call_id=record["id"],
+                syscall=entry["syscall"],
+                args=_lease_args(record),
+                resume=Snapshot(**snapshot) if snapshot else None,
+                slice_tokens=self._policy.slice_tokens,
+                attempt=int(entry["attempts"] or 1),
+                expires_at=lease_doc["expires_at"],
+            )
+            self._send(lease_doc["worker"], lease.model_dump_json().encode())
+            log.debug("leased", key=entry["_id"], worker=lease_doc["worker"], lease=lease.lease_id, attempt=lease.attempt)
+
+    def _unservable(self, entry: Doc, members: dict[str, Member]) -> None:
+        if entry["kind"] != "llm":
             return  # tool calls wait for a tool runner
-        model = (doc.get("args") or {}).get("model")
+        model = (entry.get("args") or {}).get("model")
         served = {m.state.model for m in members.values() if m.state.kind == "llm"}
         if model and members and model not in served:
             self._llm.fail(
-                doc, None, ErrorCode.INVALID_ARGS,
+                entry, None, ErrorCode.INVALID_ARGS,
                 f"no worker serves model {model!r}; served: {', '.join(sorted(served))}",
             )
 

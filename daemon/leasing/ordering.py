@@ -1,8 +1,9 @@
 """Ordering policies: the order in which queued leased calls (LLM and tool calls) go out.
 
-A policy names the MongoDB sort that picks the window of queued calls worth
-considering (so a long backlog is never loaded whole) and then orders that
-window; the dispatcher leases down that list while workers have room.
+A policy is a sort key over the queued calls the lease book holds in memory
+(:mod:`.book` keeps them in a heap by that key, so a round looks at a window
+of the best ones, never the whole backlog); the dispatcher leases down that
+window while workers have room.
 ``slice_tokens`` makes the policy preemptive: a call runs for at most that
 many tokens, is snapshotted and goes back to the queue (AIOS's context switch).
 Program-aware policies (least attained service per ``program``) plug in here.
@@ -10,7 +11,7 @@ Program-aware policies (least attained service per ``program``) plug in here.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiosd.daemon.store import Doc
 
@@ -20,7 +21,10 @@ class Ordering(Protocol):
 
     name: str
     slice_tokens: int | None
-    sort: tuple[tuple[str, int], ...]
+
+    def key(self, call: Doc) -> tuple[Any, ...]:
+        """The call's place in the order (smaller first)."""
+        ...
 
     def order(self, queued: list[Doc]) -> list[Doc]:
         """Return ``queued`` in the order the calls should be leased."""
@@ -32,11 +36,14 @@ class Fifo:
 
     name = "fifo"
     slice_tokens: int | None = None
-    sort: tuple[tuple[str, int], ...] = (("queued_at", 1),)
+
+    def key(self, call: Doc) -> tuple[Any, ...]:
+        """Oldest queue entry first."""
+        return (call["queued_at"],)
 
     def order(self, queued: list[Doc]) -> list[Doc]:
         """Oldest queue entry first."""
-        return sorted(queued, key=lambda d: d["queued_at"])
+        return sorted(queued, key=self.key)
 
 
 class Priority:
@@ -44,11 +51,14 @@ class Priority:
 
     name = "priority"
     slice_tokens: int | None = None
-    sort: tuple[tuple[str, int], ...] = (("priority", -1), ("queued_at", 1))
+
+    def key(self, call: Doc) -> tuple[Any, ...]:
+        """Priority descending, then oldest first."""
+        return (-int(call.get("priority") or 0), call["queued_at"])
 
     def order(self, queued: list[Doc]) -> list[Doc]:
         """Priority descending, then oldest first."""
-        return sorted(queued, key=lambda d: (-int(d.get("priority") or 0), d["queued_at"]))
+        return sorted(queued, key=self.key)
 
 
 class RoundRobin(Fifo):

@@ -55,6 +55,8 @@ class Router:
 
 def affinity_key(record: Doc) -> str | None:
     """The prefix a call shares with others: its session, else its system prompt."""
+    if "affinity" in record:  # computed when the call was queued (see :mod:`.book`)
+        return str(record["affinity"]) if record["affinity"] else None
     if record.get("session"):
         return f"session:{record['agent']}:{record['session']}"
     messages = (record.get("args") or {}).get("messages") or []

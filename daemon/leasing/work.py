@@ -64,9 +64,18 @@ class LeasedWork:
     def _wake(self) -> None:
         self._wakeup.set()  # the dispatcher runs a round soon
 
+    def may_retry(self, entry: Doc) -> bool:
+        """Whether a call whose lease was lost may run again (not an irreversible tool's)."""
+        return self._may_retry(entry)
+
     def submit(self, env: Envelope) -> None:
         """Queue an accepted syscall for a worker (with its session's history, if any)."""
-        if self.book.enqueue(env.key, self._prompt(env)):
+        req = env.request
+        record: Doc = {
+            "_id": env.key, "id": env.message_id, "agent": env.agent, "syscall": req.syscall, "args": req.args,
+            "priority": env.priority, "deadline": req.deadline, "session": req.session,
+        }
+        if self.book.enqueue(record, self._prompt(env)):
             log.debug("llm_queued", message_id=env.message_id, agent=env.agent)
             self._wake()
 
@@ -117,7 +126,9 @@ class LeasedWork:
         if doc is None:
             self._log_stale(out, None)
             return
-        env = envelope_from_record(doc)
+        env = self._envelope(doc)
+        if env is None:
+            return
         usage = Usage(**doc.get("usage") or {})
         if served_by(env.request.syscall) == "tools":
             result: dict[str, Any] = out.result or {}
@@ -184,12 +195,22 @@ class LeasedWork:
             self._wake()
 
     def fail(self, doc: Doc, lease_id: str | None, code: ErrorCode, message: str, *, claimed: bool = False) -> None:
-        """Fail an LLM syscall with ``code``; a no-op if it moved on meanwhile."""
+        """Fail a leased syscall with ``code``; a no-op if it moved on meanwhile."""
         if not claimed and self.book.give_up(doc["_id"], lease_id) is None:
             return
-        env = envelope_from_record(doc)
+        env = self._envelope(doc)
+        if env is None:
+            return
         log.warning("llm_failed", key=doc["_id"], code=code.value, reason=message)
         self._finish(env, Reply.failure(env.message_id, env.request.syscall, code, message, usage=Usage(**doc.get("usage") or {})))
+
+    def _envelope(self, entry: Doc) -> Envelope | None:
+        """The call's envelope, from its live record (the book keeps no arguments)."""
+        record = self.book.read([entry["_id"]]).get(entry["_id"])
+        if record is None:  # finished and retired already: this was a late duplicate
+            log.warning("settled_call_gone", key=entry["_id"])
+            return None
+        return envelope_from_record(record)
 
     def _account(self, agent: str, usage: Usage) -> None:
         inc = {**usage.model_dump(), "llm_calls": 1}

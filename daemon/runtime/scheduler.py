@@ -68,6 +68,7 @@ class Scheduler:
             self._wait_for_store()
             self.store.ensure_indexes()
             self.graph.counters.ensure_indexes()
+            loaded = self.leased.book.load(self.settings.lease_ttl)
             self._attach(self._connect(self.settings.connect_timeout))
         except ServiceUnavailable:
             if self.lifecycle.stop_requested.is_set():
@@ -79,7 +80,8 @@ class Scheduler:
         self._consume(self._broker)
         self.dispatcher.start()
         self.lifecycle.ready()
-        log.info("scheduler_ready", threads=self.settings.threads, prefetch=self.settings.prefetch, policy=self.settings.policy)
+        log.info("scheduler_ready", threads=self.settings.threads, prefetch=self.settings.prefetch, policy=self.settings.policy,
+                 leased_calls=loaded)
         try:
             self._loop()
         finally:
@@ -146,6 +148,7 @@ class Scheduler:
             if broker is not None:
                 broker.close()
             self._retire_sent()
+            self._write_book()
             self.store.close()
         log.info("scheduler_stopped", unfinished=self.inflight)
 
@@ -206,6 +209,12 @@ class Scheduler:
             self.graph.completion.retire()
         except Exception as exc:  # recovery re-sends those replies instead: harmless
             log.warning("retire_on_stop_failed", error=repr(exc))
+
+    def _write_book(self) -> None:
+        try:
+            self.leased.book.flush()
+        except Exception as exc:  # the next start re-runs what the record does not show: harmless
+            log.warning("lease_book_write_failed", error=repr(exc))
 
     def _recover(self) -> None:
         count = self.graph.recovery.recover()

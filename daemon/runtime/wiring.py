@@ -52,6 +52,8 @@ log = get_logger(__name__)
 PRUNE_INTERVAL = 60.0
 #: Seconds a sent reply's live record may wait to be retired with others.
 RETIRE_INTERVAL = 0.25
+#: Seconds the lease book's transitions may wait to be written with others (dispatch rounds write too).
+JOURNAL_INTERVAL = 0.2
 
 
 def scheduler_user(amqp_url: str) -> str:
@@ -126,8 +128,10 @@ def build_scheduler(settings: Settings) -> SchedulerGraph:
         checks={"tool.call": tools.check},
     )
     wakeup = threading.Event()
+    ordering = make_ordering(settings.policy, settings.slice_tokens)
+    book = LeaseBook(store.syscalls, ordering.key)
     leased = LeasedWork(
-        LeaseBook(store.syscalls),
+        book,
         Fleet(store.workers, settings.worker_timeout),
         store.usage,
         sessions,
@@ -142,12 +146,12 @@ def build_scheduler(settings: Settings) -> SchedulerGraph:
     recovery = Recovery(records, completion, pipeline.execute, approvals)
     dispatcher = Dispatcher(
         leased,
-        make_ordering(settings.policy, settings.slice_tokens),
+        ordering,
         Router(settings.affinity_slack),
         outbox.publish_lease,
         wakeup,
         lease_ttl=settings.lease_ttl,
-        caps=LlmCaps(policies, store.syscalls),
+        caps=LlmCaps(policies, book.llm_calls_held),
     )
 
     housekeeping = Periodic(threads.submit)
@@ -159,5 +163,6 @@ def build_scheduler(settings: Settings) -> SchedulerGraph:
     housekeeping.every(settings.approval_poll, "approvals", settle_approvals)
     housekeeping.every(PRUNE_INTERVAL, "prune_counters", counters.prune)
     housekeeping.every(RETIRE_INTERVAL, "retire_records", completion.retire)
+    housekeeping.every(JOURNAL_INTERVAL, "lease_journal", book.flush)
     housekeeping.every(STORAGE_SWEEP_INTERVAL, "storage_sweep", storage.sweep)
     return SchedulerGraph(store, threads, outbox, pipeline, recovery, completion, leased, dispatcher, housekeeping, counters)

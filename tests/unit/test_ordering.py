@@ -41,10 +41,11 @@ def test_round_robin_is_fifo_with_time_slices() -> None:
     assert Fifo().slice_tokens is None and Priority().slice_tokens is None
 
 
-def test_the_database_sort_matches_the_in_process_order() -> None:
-    # The dispatcher loads a window with `sort` and then orders it: both must agree.
-    assert Fifo().sort == (("queued_at", 1),)
-    assert Priority().sort == (("priority", -1), ("queued_at", 1))
+def test_the_heap_key_and_the_order_agree() -> None:
+    # The lease book keeps a heap by `key`; `order` is the same order over a list.
+    queued = [_call("c", 3, 1), _call("a", 1, 1), _call("b", 2, 9)]
+    for policy in (Fifo(), Priority()):
+        assert _names(policy.order(queued)) == _names(sorted(queued, key=policy.key))
 
 
 def test_make_ordering_names_every_policy_and_refuses_others() -> None:

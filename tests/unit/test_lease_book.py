@@ -1,0 +1,79 @@
+"""The lease book in memory: order, leases, stale outcomes, caps and what a queued call costs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pymongo
+import pytest
+
+from aiosd.daemon.leasing.book import LEASED, QUEUED, LeaseBook
+from aiosd.daemon.leasing.ordering import Priority
+from aiosd.sdk.protocol import Usage
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def book() -> LeaseBook:
+    # A collection that is never reached: these tests do not flush, read or load.
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient("mongodb://127.0.0.1:9/", connect=False)
+    return LeaseBook(client["unused"]["syscalls"], Priority().key)
+
+
+def _record(n: int, priority: int = 0, agent: str = "a", syscall: str = "llm.chat") -> dict[str, Any]:
+    messages = [{"role": "system", "content": "You plan."}, {"role": "user", "content": "x" * 200}]
+    return {"_id": f"{agent}/m{n}", "id": f"m{n}", "agent": agent, "syscall": syscall, "priority": priority,
+            "args": {"model": "smol", "messages": messages}, "queued_at": T0 + timedelta(seconds=n)}
+
+
+def test_calls_come_out_in_the_orderings_order_and_only_once(book: LeaseBook) -> None:
+    for n, prio in enumerate([0, 9, 5, 9]):
+        assert book.enqueue(_record(n, prio))
+    assert not book.enqueue(_record(1, 9))  # already in the book
+    taken = book.take(10)
+    assert [e["id"] for e in taken] == ["m1", "m3", "m2", "m0"]
+    assert book.take(10) == []  # taken entries are out of the queue until put back
+    book.put_back(taken[2:])
+    assert [e["id"] for e in book.take(10)] == ["m2", "m0"]
+
+
+def test_a_lease_settles_once_and_a_stale_lease_is_refused(book: LeaseBook) -> None:
+    book.enqueue(_record(1))
+    entry = book.take(1)[0]
+    leased = book.grant(entry, "w1", ttl=30)
+    assert leased is not None and leased["state"] == LEASED and leased["attempts"] == 1
+    assert book.grant(entry, "w2", ttl=30) is None  # not queued any more
+    lease_id = leased["lease"]["id"]
+    assert book.settle(entry["_id"], "not-the-lease") is None
+    settled = book.settle(entry["_id"], lease_id, Usage(prompt_tokens=3, completion_tokens=4), run_ms=5.0)
+    assert settled is not None and settled["usage"]["completion_tokens"] == 4 and settled["slices"] == 1
+    assert book.settle(entry["_id"], lease_id) is None and len(book) == 0  # first completion won
+
+
+def test_a_requeued_call_goes_to_the_back_with_its_slices_and_usage(book: LeaseBook) -> None:
+    book.enqueue(_record(1))
+    book.enqueue(_record(2))
+    first = book.take(1)[0]
+    book.put_back(book.take(1))
+    lease_id = book.grant(first, "w1", ttl=30)["lease"]["id"]  # type: ignore[index]
+    again = book.requeue(first["_id"], lease_id, usage=Usage(completion_tokens=8), run_ms=1.0)
+    assert again is not None and again["state"] == QUEUED and again["lease"] is None
+    assert [e["id"] for e in book.take(5)] == ["m2", "m1"]  # same priority: the re-queued one is newest
+    assert again["usage"]["completion_tokens"] == 8
+
+
+def test_expired_leases_held_calls_and_caps_come_from_memory(book: LeaseBook) -> None:
+    for n, agent in enumerate(["a", "a", "b"]):
+        book.enqueue(_record(n, agent=agent))
+    book.enqueue(_record(9, agent="a", syscall="tool.call"))
+    for entry in book.take(10):
+        book.grant(entry, "w1", ttl=-1 if entry["id"] == "m0" else 30)
+    assert [e["id"] for e in book.expired()] == ["m0"]
+    assert len(book.held_by("w1")) == 4 and book.held_by("w2") == []
+    assert book.llm_calls_held() == {"a": 2, "b": 1}  # tool calls do not count against LLM caps
+    assert book.give_up("a/m0", None) is None  # leased: giving up needs its lease
+    lease_of_m0 = next(e["lease"]["id"] for e in book.held_by("w1") if e["id"] == "m0")
+    assert book.give_up("a/m0", "stale") is None
+    assert book.give_up("a/m0", lease_of_m0) is not None and len(book) == 3
