@@ -119,12 +119,12 @@ class Meter:
     def _one_by_one(self, agent: str, policy: Policy, syscalls: list[str]) -> list[Refusal | None]:
         return [self.admit_many(agent, policy, [s])[0] for s in syscalls]
 
-    def charge_tokens(self, agent: str, usage: Usage) -> None:
-        """Add an LLM call's tokens to the agent's current period."""
+    def charge_tokens(self, agent: str, usage: Usage, calls: int = 1) -> None:
+        """Add the tokens of ``calls`` LLM calls to the agent's current period."""
         standing = self._policies.standing(agent)
         period = period_window(agent, standing.policy.quota_period if standing else "day")
         amounts = period_amounts(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-                                 cached_tokens=usage.cached_tokens, llm_calls=1)
+                                 cached_tokens=usage.cached_tokens, llm_calls=calls)
         self._counters.add(period.key, amounts, _extra(agent, "period", period))
 
     def _take_rate(self, agent: str, policy: Policy, n: int = 1) -> Window | Refusal | None:

@@ -99,7 +99,10 @@ def _unchained(doc: Doc) -> Doc:
 class AuditLog:
     """Appends hash-chained audit records; never updates or deletes them."""
 
-    def __init__(self, collection: Collection[Doc], key: bytes | None = None, actor: str = "scheduler") -> None:
+    def __init__(
+        self, collection: Collection[Doc], key: bytes | None = None, actor: str = "scheduler", lazy_head: bool = False
+    ) -> None:
+        """``lazy_head``: the owner calls :meth:`advance_head` periodically instead of after each append."""
         self._col = collection
         self._head = head_collection(collection)
         self._key = key
@@ -108,6 +111,7 @@ class AuditLog:
         self._tail: tuple[int, str] | None = None
         self._head_lock = threading.Lock()
         self._head_written = 0
+        self._lazy_head = lazy_head
 
     def record(
         self,
@@ -132,7 +136,8 @@ class AuditLog:
         bodies = [self._body(e) for e in entries]
         with self._lock:
             docs = self._append_many(bodies)
-        self._advance_head()
+        if not self._lazy_head:
+            self.advance_head()
         return docs
 
     def _body(self, e: Entry) -> Doc:
@@ -205,7 +210,8 @@ class AuditLog:
             return 0, GENESIS
         return int(head["seq"]), str(head["hash"])
 
-    def _advance_head(self) -> None:
+    def advance_head(self) -> None:
+        """Record the chain's tail in the head document (a hint; one write covers every record before it)."""
         # One head write covers every record appended before it: under load,
         # threads waiting here find their record already covered and skip.
         with self._head_lock:

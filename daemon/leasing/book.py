@@ -13,7 +13,7 @@ update of the live record and written in batches (:meth:`LeaseBook.flush`:
 each dispatch round and a periodic job), so a restart rebuilds the book with
 :meth:`LeaseBook.load`. What a crash can lose is the last few transitions:
 a call may then run again, and the first completion to commit its result wins
-(:mod:`aiosd.daemon.pipeline.completion`). A lease that must not be lost (an
+(:class:`~aiosd.daemon.pipeline.flow.Completion`). A lease that must not be lost (an
 irreversible tool's) is written before it is published.
 """
 

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Literal
 
+from pymongo import UpdateOne
 from pymongo.collection import Collection
 
 from aiosd.daemon.leasing.book import LeaseBook
@@ -29,7 +30,8 @@ from aiosd.sdk.syscalls import served_by
 
 log = get_logger(__name__)
 
-Finish = Callable[[Envelope, Reply], None]
+#: Commits, audits and sends a batch of replies (:meth:`~aiosd.daemon.pipeline.flow.Completion.finish_many`).
+Finish = Callable[[list[tuple[Envelope, Reply]]], None]
 
 
 class LeasedWork:
@@ -46,7 +48,7 @@ class LeasedWork:
         *,
         lease_ttl: float,
         max_attempts: int,
-        on_usage: Callable[[str, Usage], None] | None = None,
+        on_usage: Callable[[str, Usage, int], None] | None = None,
         may_retry: Callable[[Doc], bool] | None = None,
     ) -> None:
         self.book = book
@@ -90,6 +92,23 @@ class LeasedWork:
 
     # -- worker events -----------------------------------------------------------
 
+    def on_events(self, events: list[Heartbeat | Goodbye | Outcome]) -> None:
+        """Apply a batch of worker events, in order; the calls they complete are committed together."""
+        done: list[tuple[Doc, Outcome]] = []
+        for event in events:
+            if not (isinstance(event, Outcome) and event.status == "done"):
+                self.on_event(event)
+                continue
+            self.fleet.release(event.worker_id, event.lease_id)
+            entry = self.book.settle(event.key, event.lease_id, event.usage, event.run_ms)
+            if entry is None:
+                self._log_stale(event, None)
+            else:
+                done.append((entry, event))
+        if done:
+            self._wake()
+            self._complete(done)
+
     def on_event(self, event: Heartbeat | Goodbye | Outcome) -> None:
         """Apply one worker event."""
         if isinstance(event, Heartbeat):
@@ -111,7 +130,7 @@ class LeasedWork:
         self.fleet.release(out.worker_id, out.lease_id)
         self._wake()
         if out.status == "done":
-            self._done(out)
+            self.on_events([out])
         elif out.status == "slice":
             doc = self.book.requeue(out.key, out.lease_id, snapshot=out.snapshot, usage=out.usage, run_ms=out.run_ms)
             self._log_stale(out, doc)
@@ -121,24 +140,30 @@ class LeasedWork:
         else:
             self._error(out)
 
-    def _done(self, out: Outcome) -> None:
-        doc = self.book.settle(out.key, out.lease_id, out.usage, out.run_ms)
-        if doc is None:
-            self._log_stale(out, None)
-            return
-        env = self._envelope(doc)
-        if env is None:
-            return
-        usage = Usage(**doc.get("usage") or {})
-        if served_by(env.request.syscall) == "tools":
-            result: dict[str, Any] = out.result or {}
-        else:
-            result = _chat_result(out, doc)
-            self._account(env.agent, usage)
-            self._remember(env, out)
-        run_ms = float(doc.get("run_ms") or 0.0)
-        timings = Timings(queue_ms=round(max(elapsed_ms(env.received_at) - run_ms, 0.0), 3), run_ms=round(run_ms, 3))
-        self._finish(env, Reply.ok(env.message_id, env.request.syscall, result, usage=usage, timings=timings))
+    def _complete(self, done: list[tuple[Doc, Outcome]]) -> None:
+        """Reply to settled calls: one read of their records, usage once per agent, one commit."""
+        records = self.book.read([entry["_id"] for entry, _ in done])
+        finished: list[tuple[Envelope, Reply]] = []
+        spent: dict[str, tuple[Usage, int]] = {}
+        for entry, out in done:
+            record = records.get(entry["_id"])
+            if record is None:  # finished and retired already: a late duplicate
+                log.warning("settled_call_gone", key=entry["_id"])
+                continue
+            env = envelope_from_record(record)
+            usage = Usage(**entry.get("usage") or {})
+            if entry["kind"] == "tools":
+                result: dict[str, Any] = out.result or {}
+            else:
+                result = _chat_result(out, entry)
+                total, calls = spent.get(env.agent, (Usage(), 0))
+                spent[env.agent] = (_plus(total, usage), calls + 1)
+                self._remember(env, out)
+            run_ms = float(entry.get("run_ms") or 0.0)
+            timings = Timings(queue_ms=round(max(elapsed_ms(env.received_at) - run_ms, 0.0), 3), run_ms=round(run_ms, 3))
+            finished.append((env, Reply.ok(env.message_id, env.request.syscall, result, usage=usage, timings=timings)))
+        self._account(spent)
+        self._finish(finished)
 
     def _remember(self, env: Envelope, out: Outcome) -> None:
         """Extend the call's session with its messages and the answer."""
@@ -202,7 +227,8 @@ class LeasedWork:
         if env is None:
             return
         log.warning("llm_failed", key=doc["_id"], code=code.value, reason=message)
-        self._finish(env, Reply.failure(env.message_id, env.request.syscall, code, message, usage=Usage(**doc.get("usage") or {})))
+        reply = Reply.failure(env.message_id, env.request.syscall, code, message, usage=Usage(**doc.get("usage") or {}))
+        self._finish([(env, reply)])
 
     def _envelope(self, entry: Doc) -> Envelope | None:
         """The call's envelope, from its live record (the book keeps no arguments)."""
@@ -212,11 +238,26 @@ class LeasedWork:
             return None
         return envelope_from_record(record)
 
-    def _account(self, agent: str, usage: Usage) -> None:
-        inc = {**usage.model_dump(), "llm_calls": 1}
-        self._usage.update_one({"_id": agent}, {"$inc": inc, "$set": {"updated_at": utcnow()}}, upsert=True)
+    def _account(self, spent: dict[str, tuple[Usage, int]]) -> None:
+        """Add tokens and LLM calls to each agent's totals (one write) and quota period."""
+        if not spent:
+            return
+        now = utcnow()
+        self._usage.bulk_write(
+            [
+                UpdateOne({"_id": agent}, {"$inc": {**usage.model_dump(), "llm_calls": calls}, "$set": {"updated_at": now}},
+                          upsert=True)
+                for agent, (usage, calls) in spent.items()
+            ],
+            ordered=False,
+        )
         if self._on_usage is not None:
-            self._on_usage(agent, usage)  # per-period accounting for token quotas
+            for agent, (usage, calls) in spent.items():
+                self._on_usage(agent, usage, calls)  # per-period accounting for token quotas
+
+
+def _plus(a: Usage, b: Usage) -> Usage:
+    return Usage(**{name: getattr(a, name) + getattr(b, name) for name in Usage.model_fields})
 
 
 def _chat_result(out: Outcome, doc: Doc) -> dict[str, Any]:

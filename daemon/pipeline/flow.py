@@ -5,7 +5,11 @@ admit -> persist (one insert, idempotent on message_id) -> audit (one append)
 -> ack -> serve -> commit the replies (one write) -> publish them -> retire
 the records. Once a record is written MongoDB owns the syscall: a crash
 anywhere after that is repaired by :mod:`.recovery`, which finishes accepted
-records and re-sends replies that may not have left. A call whose policy requires a human approval is
+records and re-sends replies that may not have left.
+
+:class:`Completion` is how every syscall ends, whoever served it (the kernel,
+a worker, the approvals job): replies are committed in batches (first
+completion wins), audited, sent, and their live records retired in batches. A call whose policy requires a human approval is
 parked by the :class:`Gate` after the ack instead of served; the approvals
 job runs (or denies) it once decided. A leased syscall (LLM or tool call) is
 handed to :mod:`aiosd.daemon.leasing` after the ack and comes back through
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -23,9 +28,9 @@ from typing import Protocol
 from pydantic import BaseModel
 from pymongo.errors import ConnectionFailure
 
+from aiosd.daemon.access.policy import resource_of
 from aiosd.daemon.audit.chain import AuditLog, Decision, Entry
 from aiosd.daemon.errors import Denied, SyscallFailed
-from aiosd.daemon.pipeline.completion import Completion, entry
 from aiosd.daemon.pipeline.intake import Accepted, Intake, Rejected, reply_allowed
 from aiosd.daemon.pipeline.kernel import Kernel
 from aiosd.daemon.pipeline.records import Envelope, Records, elapsed_ms
@@ -46,6 +51,67 @@ TRANSIENT = (ConnectionFailure,)
 #: Pause before handing a delivery back when MongoDB is failing, so a broken
 #: database does not turn into a hot redelivery loop.
 RETRY_PAUSE = 1.0
+
+
+#: Run a function on the syscall threads.
+Submit = Callable[[Callable[[], None]], None]
+
+#: Live records retired with one delete once this many replies are out (the periodic job takes the rest).
+RETIRE_BATCH = 128
+
+
+class Completion:
+    """Commits, audits and sends replies; retires live records in batches."""
+
+    def __init__(self, records: Records, audit: AuditLog, outbox: Outbox, submit: Submit) -> None:
+        self._records = records
+        self._audit = audit
+        self._outbox = outbox
+        self._submit = submit
+        self._sent: list[str] = []
+        self._sent_lock = threading.Lock()
+
+    def finish(self, env: Envelope, reply: Reply) -> None:
+        """Commit ``reply`` as the syscall's result, audit it and send it (first completion wins)."""
+        self.finish_many([(env, reply)])
+
+    def finish_many(self, finished: list[tuple[Envelope, Reply]]) -> None:
+        """Commit a batch of replies (one write), audit the winners (one append) and send them."""
+        won = self._records.complete_many(finished)
+        self._audit.record_many([entry(env, _decision(reply), reply) for env, reply in won])
+        for env, reply in won:
+            self.send(env, reply)
+
+    def send(self, env: Envelope, reply: Reply) -> None:
+        """Send a committed reply; its live record is retired once the broker has it."""
+        key = env.key
+        if env.reply_to is None:
+            self._sent_one(key)
+            return
+        self._outbox.reply(env.reply_to, env.correlation_id, reply, lambda: self._sent_one(key))
+
+    def _sent_one(self, key: str) -> None:
+        with self._sent_lock:
+            self._sent.append(key)
+            full = len(self._sent) >= RETIRE_BATCH
+        if full:
+            self._submit(self.retire)
+
+    def retire(self) -> None:
+        """Remove the live records of every reply sent so far (one write)."""
+        with self._sent_lock:
+            keys, self._sent = self._sent, []
+        self._records.retire(keys)
+
+
+def entry(env: Envelope, decision: Decision, reply: Reply | None = None) -> Entry:
+    """The audit entry of a decision about an accepted syscall."""
+    code = reply.error.code.value if reply is not None and reply.error else None
+    return Entry(env.agent, env.request.syscall, env.message_id, decision, code, None, resource_of(env.agent, env.request))
+
+
+def _decision(reply: Reply) -> Decision:
+    return {Status.OK: Decision.COMPLETED, Status.DENIED: Decision.DENIED}.get(reply.status, Decision.FAILED)
 
 
 class Leasing(Protocol):

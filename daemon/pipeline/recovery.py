@@ -15,7 +15,7 @@ from typing import Protocol
 
 from pydantic import BaseModel
 
-from aiosd.daemon.pipeline.completion import Completion
+from aiosd.daemon.pipeline.flow import Completion
 from aiosd.daemon.pipeline.records import Envelope, Records, envelope_from_record
 from aiosd.daemon.store import Doc
 from aiosd.sdk.protocol import Reply

@@ -18,8 +18,8 @@ from aiosd.daemon.pipeline.flow import RETRY_PAUSE, TRANSIENT
 from aiosd.daemon.runtime.wiring import SchedulerGraph, build_scheduler
 from aiosd.daemon.transport.batcher import Batcher
 from aiosd.daemon.transport.broker import AMQP_ERRORS, Broker
-from aiosd.daemon.transport.delivery import Delivery
-from aiosd.sdk.cluster import EVENTS_QUEUE, decode_event
+from aiosd.daemon.transport.delivery import Delivery, ack_all
+from aiosd.sdk.cluster import EVENTS_QUEUE, Goodbye, Heartbeat, Outcome, decode_event
 from aiosd.sdk.errors import ProtocolError, ServiceUnavailable
 from aiosd.sdk.process.lifecycle import Lifecycle
 from aiosd.sdk.process.logs import get_logger
@@ -46,6 +46,7 @@ class Scheduler:
         self._outbox = self.graph.outbox
         self._broker: Broker | None = None
         self._batcher = Batcher(settings.batch_size, settings.batch_wait_ms / 1000.0, self._on_batch)
+        self._events = Batcher(settings.batch_size, settings.batch_wait_ms / 1000.0, self._on_event_batch)
 
     def submit(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the syscall threads, tracked as in-flight work."""
@@ -92,9 +93,10 @@ class Scheduler:
         while not self.lifecycle.stop_requested.is_set():
             try:
                 assert self._broker is not None
-                self._broker.pump(self._batcher.wait(PUMP_SECONDS))
-                if self._batcher.due():
-                    self._batcher.flush()
+                self._broker.pump(self._events.wait(self._batcher.wait(PUMP_SECONDS)))
+                for batcher in (self._batcher, self._events):
+                    if batcher.due():
+                        batcher.flush()
                 if not self._broker.is_open:
                     raise pika.exceptions.ChannelClosed(0, "a channel closed")
             except AMQP_ERRORS as exc:
@@ -110,6 +112,7 @@ class Scheduler:
         old = self._broker
         self._attach(None)
         self._batcher.clear()  # the broker redelivers them on the new connection
+        self._events.clear()
         if old is not None:
             old.close()
         while not self.lifecycle.stop_requested.is_set():
@@ -137,6 +140,7 @@ class Scheduler:
             if broker is not None:
                 broker.stop_consuming()
                 self._batcher.flush()  # received already: serve them rather than hand them back
+                self._events.flush()
                 # Keep pumping so in-flight work can still ack and reply.
                 while self.inflight and time.monotonic() < deadline and broker.is_open:
                     broker.pump(PUMP_SECONDS)
@@ -149,6 +153,7 @@ class Scheduler:
                 broker.close()
             self._retire_sent()
             self._write_book()
+            self._advance_audit_head()
             self.store.close()
         log.info("scheduler_stopped", unfinished=self.inflight)
 
@@ -182,27 +187,40 @@ class Scheduler:
         self.submit(lambda: self.pipeline.handle(batch))
 
     def _on_event(self, d: Delivery) -> None:
-        self.submit(lambda: self._handle_event(d))
+        self._events.add(d)
 
-    def _handle_event(self, d: Delivery) -> None:
+    def _on_event_batch(self, batch: list[Delivery]) -> None:
+        self.submit(lambda: self._handle_events(batch))
+
+    def _handle_events(self, batch: list[Delivery]) -> None:
+        """Apply a batch of worker events; acknowledge them once applied."""
+        events: list[Heartbeat | Goodbye | Outcome] = []
+        good: list[Delivery] = []
+        for d in batch:
+            try:
+                events.append(decode_event(d.body))
+                good.append(d)
+            except ProtocolError as exc:
+                log.warning("bad_worker_event", code=exc.code.value, reason=exc.message)
+                d.dead_letter(exc.code.value, exc.message)
         try:
-            event = decode_event(d.body)
-        except ProtocolError as exc:
-            log.warning("bad_worker_event", code=exc.code.value, reason=exc.message)
-            d.dead_letter(exc.code.value, exc.message)
-            return
-        try:
-            self.leased.on_event(event)
+            self.leased.on_events(events)
         except TRANSIENT as exc:
             log.error("store_unavailable", error=str(exc))
             time.sleep(RETRY_PAUSE)
-            d.nack(True)
+            for d in good:
+                d.nack(True)
             return
-        except Exception as exc:  # as for deliveries: retrying an event the store refuses cannot help
+        except Exception as exc:  # as for deliveries: retrying what the store refuses cannot help
+            if len(good) > 1:
+                log.warning("event_batch_split", events=len(good), error=f"{type(exc).__name__}: {exc}")
+                for d in good:
+                    self._handle_events([d])
+                return
             log.exception("worker_event_refused")
-            d.dead_letter(ErrorCode.INTERNAL.value, f"event could not be applied: {type(exc).__name__}: {exc}")
+            good[0].dead_letter(ErrorCode.INTERNAL.value, f"event could not be applied: {type(exc).__name__}: {exc}")
             return
-        d.ack()
+        ack_all(good)
 
     def _retire_sent(self) -> None:
         try:
@@ -215,6 +233,12 @@ class Scheduler:
             self.leased.book.flush()
         except Exception as exc:  # the next start re-runs what the record does not show: harmless
             log.warning("lease_book_write_failed", error=repr(exc))
+
+    def _advance_audit_head(self) -> None:
+        try:
+            self.graph.audit.advance_head()
+        except Exception as exc:  # a hint only: the next writer walks forward from an older head
+            log.warning("audit_head_write_failed", error=repr(exc))
 
     def _recover(self) -> None:
         count = self.graph.recovery.recover()

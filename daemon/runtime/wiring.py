@@ -26,8 +26,7 @@ from aiosd.daemon.leasing.ordering import make_ordering
 from aiosd.daemon.leasing.routing import Router
 from aiosd.daemon.leasing.work import LeasedWork
 from aiosd.daemon.pipeline.approvals import APPROVALS, Approvals
-from aiosd.daemon.pipeline.completion import Completion
-from aiosd.daemon.pipeline.flow import Pipeline
+from aiosd.daemon.pipeline.flow import Completion, Pipeline
 from aiosd.daemon.pipeline.intake import ANONYMOUS, Intake
 from aiosd.daemon.pipeline.kernel import Kernel
 from aiosd.daemon.pipeline.records import Records
@@ -52,6 +51,8 @@ log = get_logger(__name__)
 PRUNE_INTERVAL = 60.0
 #: Seconds a sent reply's live record may wait to be retired with others.
 RETIRE_INTERVAL = 0.25
+#: Seconds the audit chain's head hint may lag behind its records.
+HEAD_INTERVAL = 0.5
 #: Seconds the lease book's transitions may wait to be written with others (dispatch rounds write too).
 JOURNAL_INTERVAL = 0.2
 
@@ -88,6 +89,7 @@ class SchedulerGraph:
     dispatcher: Dispatcher
     housekeeping: Periodic
     counters: Counters
+    audit: AuditLog
 
 
 def build_scheduler(settings: Settings) -> SchedulerGraph:
@@ -100,7 +102,7 @@ def build_scheduler(settings: Settings) -> SchedulerGraph:
     policies = PolicyLookup(Directory(store.db[AGENTS]), trusted_agents(settings))
     counters = Counters(store.db[COUNTERS])
     meter = Meter(counters, policies)
-    audit = AuditLog(store.audit, key=audit_key(settings))
+    audit = AuditLog(store.audit, key=audit_key(settings), lazy_head=True)
 
     # kernel services
     tools = ToolService(ToolRegistry.load(), policies)
@@ -135,7 +137,7 @@ def build_scheduler(settings: Settings) -> SchedulerGraph:
         Fleet(store.workers, settings.worker_timeout),
         store.usage,
         sessions,
-        completion.finish,
+        completion.finish_many,
         wakeup,
         lease_ttl=settings.lease_ttl,
         max_attempts=settings.max_attempts,
@@ -164,5 +166,6 @@ def build_scheduler(settings: Settings) -> SchedulerGraph:
     housekeeping.every(PRUNE_INTERVAL, "prune_counters", counters.prune)
     housekeeping.every(RETIRE_INTERVAL, "retire_records", completion.retire)
     housekeeping.every(JOURNAL_INTERVAL, "lease_journal", book.flush)
+    housekeeping.every(HEAD_INTERVAL, "audit_head", audit.advance_head)
     housekeeping.every(STORAGE_SWEEP_INTERVAL, "storage_sweep", storage.sweep)
-    return SchedulerGraph(store, threads, outbox, pipeline, recovery, completion, leased, dispatcher, housekeeping, counters)
+    return SchedulerGraph(store, threads, outbox, pipeline, recovery, completion, leased, dispatcher, housekeeping, counters, audit)
