@@ -62,16 +62,26 @@ async def _direct(calls: int, max_tokens: int) -> list[float]:
 
 
 def _through_kernel(calls: int, max_tokens: int) -> list[float]:
-    mgmt = httpx.Client(base_url=f"http://{HOST}:{os.environ.get('AIOSD_AMQP_MGMT_PORT', '15672')}/api", auth=("guest", "guest"))
+    mgmt = httpx.Client(
+        base_url=f"http://{HOST}:{os.environ.get('AIOSD_AMQP_MGMT_PORT', '15672')}/api", auth=("guest", "guest")
+    )
     vhost = f"aiosd-bench-{uuid.uuid4().hex[:8]}"
     db = vhost.replace("-", "_")
     mongo_url = f"mongodb://{HOST}:{os.environ.get('AIOSD_MONGO_PORT', '27017')}/"
     mgmt.put(f"/vhosts/{vhost}").raise_for_status()
     mgmt.put(f"/permissions/{vhost}/guest", json={"configure": ".*", "write": ".*", "read": ".*"}).raise_for_status()
     url = f"amqp://guest:guest@{HOST}:{os.environ.get('AIOSD_AMQP_PORT', '5672')}/{quote(vhost, safe='')}"
-    env = {**os.environ, "AIOSD_AMQP_URL": url, "AIOSD_MONGO_URL": mongo_url, "AIOSD_MONGO_DB": db,
-           "AIOSD_LOG_FORMAT": "json"}
-    procs = [_start("scheduler", env, "scheduler_ready"), _start("worker", {**env, "AIOSD_WORKER_ID": "bench"}, "worker_ready")]
+    env = {
+        **os.environ,
+        "AIOSD_AMQP_URL": url,
+        "AIOSD_MONGO_URL": mongo_url,
+        "AIOSD_MONGO_DB": db,
+        "AIOSD_LOG_FORMAT": "json",
+    }
+    procs = [
+        _start("scheduler", env, "scheduler_ready"),
+        _start("worker", {**env, "AIOSD_WORKER_ID": "bench"}, "worker_ready"),
+    ]
     try:
         with Client(url, timeout=300) as client:
             client.call("llm.chat", {"messages": MESSAGES, "max_tokens": max_tokens, "temperature": 0})  # warm-up
@@ -103,7 +113,9 @@ def _start(command: str, env: dict[str, str], ready: str) -> subprocess.Popen[by
 
 def _print(label: str, ms: list[float]) -> None:
     ms = sorted(ms)
-    print(f"{label:16} p50 {statistics.median(ms):7.1f} ms   p90 {ms[int(len(ms) * 0.9) - 1]:7.1f} ms   ({len(ms)} calls)")
+    print(
+        f"{label:16} p50 {statistics.median(ms):7.1f} ms   p90 {ms[int(len(ms) * 0.9) - 1]:7.1f} ms   ({len(ms)} calls)"
+    )
 
 
 if __name__ == "__main__":

@@ -36,7 +36,9 @@ def main() -> None:
     parser.add_argument("--syscall", default="memory.add", choices=["memory.add", "memory.get", "memory.search"])
     args = parser.parse_args()
     amqp_port = int(os.environ.get("AIOSD_AMQP_PORT", "5672"))
-    mgmt = httpx.Client(base_url=f"http://{HOST}:{os.environ.get('AIOSD_AMQP_MGMT_PORT', '15672')}/api", auth=("guest", "guest"))
+    mgmt = httpx.Client(
+        base_url=f"http://{HOST}:{os.environ.get('AIOSD_AMQP_MGMT_PORT', '15672')}/api", auth=("guest", "guest")
+    )
     vhost = f"aiosd-bench-{uuid.uuid4().hex[:8]}"
     db_name = vhost.replace("-", "_")
     mongo_url = f"mongodb://{HOST}:{os.environ.get('AIOSD_MONGO_PORT', '27017')}/"
@@ -80,11 +82,23 @@ def _run(url: str, args: argparse.Namespace) -> None:
 
 
 def _start_scheduler(url: str, mongo_url: str, db: str, threads: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "AIOSD_AMQP_URL": url, "AIOSD_MONGO_URL": mongo_url, "AIOSD_MONGO_DB": db,
-           "AIOSD_THREADS": str(threads), "AIOSD_LOG_FORMAT": "json", "AIOSD_LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "AIOSD_AMQP_URL": url,
+        "AIOSD_MONGO_URL": mongo_url,
+        "AIOSD_MONGO_DB": db,
+        "AIOSD_THREADS": str(threads),
+        "AIOSD_LOG_FORMAT": "json",
+        "AIOSD_LOG_LEVEL": "WARNING",
+    }
     log = Path(tempfile.gettempdir()) / f"{db}.log"
     out = log.open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "aiosd.daemon.admin.cli", "scheduler", "--log-level", "INFO"], env=env, stdout=out, stderr=out)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aiosd.daemon.admin.cli", "scheduler", "--log-level", "INFO"],
+        env=env,
+        stdout=out,
+        stderr=out,
+    )
     deadline = time.monotonic() + 60
     while "scheduler_ready" not in log.read_text(errors="replace"):
         if proc.poll() is not None or time.monotonic() > deadline:

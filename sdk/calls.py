@@ -106,8 +106,12 @@ def memory_search(
 ) -> Call[SearchResult]:
     """Describe ``memory.search`` (of ``owner``'s shared memory, if given; optionally within a time range)."""
     args = MemorySearchArgs(
-        query=query, tags=tags or [], limit=limit, owner=owner,
-        created_after=created_after, created_before=created_before,
+        query=query,
+        tags=tags or [],
+        limit=limit,
+        owner=owner,
+        created_after=created_after,
+        created_before=created_before,
     )
     return Call("memory.search", args, SearchResult)
 

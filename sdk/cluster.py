@@ -31,6 +31,7 @@ def worker_queue(worker_id: str) -> str:
 #: The collection where the scheduler keeps each worker's last heartbeat (``aiosd worker --check`` reads it).
 WORKERS_COLLECTION = "workers"
 
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -95,12 +95,8 @@ class Request(_Frozen):
         description="Syscall name, e.g. 'memory.add'.",
     )
     args: dict[str, Any] = Field(default_factory=dict, description="Syscall arguments.")
-    session: str | None = Field(
-        default=None, max_length=128, description="Conversation/session id, if any."
-    )
-    program: str | None = Field(
-        default=None, max_length=128, description="Groups the calls of one agent run."
-    )
+    session: str | None = Field(default=None, max_length=128, description="Conversation/session id, if any.")
+    program: str | None = Field(default=None, max_length=128, description="Groups the calls of one agent run.")
     deadline: datetime | None = Field(
         default=None,
         description="Absolute UTC time after which the call must not start (RFC 3339).",

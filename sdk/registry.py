@@ -42,8 +42,14 @@ class Registered:
     def info(self) -> ToolInfo:
         """How ``tool.list`` shows it."""
         t = self.tool
-        return ToolInfo(name=t.name, description=t.description, parameters=dict(t.parameters),
-                        irreversible=t.irreversible, timeout=t.timeout, max_timeout=t.max_timeout)
+        return ToolInfo(
+            name=t.name,
+            description=t.description,
+            parameters=dict(t.parameters),
+            irreversible=t.irreversible,
+            timeout=t.timeout,
+            max_timeout=t.max_timeout,
+        )
 
 
 class ToolRegistry:

@@ -27,20 +27,28 @@ Mode = Literal["read", "write"]
 
 FilePath = Annotated[
     str,
-    Field(min_length=1, max_length=MAX_PATH_CHARS,
-          description="File path in the namespace, e.g. '/notes/a.txt' (no '.', '..', '//', backslash or NUL)."),
+    Field(
+        min_length=1,
+        max_length=MAX_PATH_CHARS,
+        description="File path in the namespace, e.g. '/notes/a.txt' (no '.', '..', '//', backslash or NUL).",
+    ),
     AfterValidator(normalize_path),
 ]
 Prefix = Annotated[
     str,
-    Field(min_length=1, max_length=MAX_PATH_CHARS,
-          description="Path prefix; '/' is the whole namespace, '/docs/' a directory."),
+    Field(
+        min_length=1,
+        max_length=MAX_PATH_CHARS,
+        description="Path prefix; '/' is the whole namespace, '/docs/' a directory.",
+    ),
     AfterValidator(normalize_prefix),
 ]
 Owner = Annotated[
     str | None,
-    Field(pattern=NAME_PATTERN,
-          description="The agent whose namespace holds the file (default: the caller); it must share it with the caller."),
+    Field(
+        pattern=NAME_PATTERN,
+        description="The agent whose namespace holds the file (default: the caller); it must share it with the caller.",
+    ),
 ]
 
 
@@ -59,7 +67,9 @@ class StorageWriteArgs(_Args):
     text: str | None = Field(default=None, description="UTF-8 content; give exactly one of text and base64.")
     base64: str | None = Field(default=None, description="Binary content, standard base64.")
     content_type: str | None = Field(
-        default=None, max_length=255, pattern=r"^[\x21-\x7e][\x20-\x7e]*$",
+        default=None,
+        max_length=255,
+        pattern=r"^[\x21-\x7e][\x20-\x7e]*$",
         description="MIME type; default text/plain; charset=utf-8 for text, application/octet-stream for base64.",
     )
     if_version: int | None = Field(

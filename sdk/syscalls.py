@@ -91,14 +91,14 @@ class MemorySearchArgs(_Args):
     """``memory.search``: rank the caller's notes against a query (BM25), with filters."""
 
     query: str = Field(min_length=1, max_length=4096)
-    tags: list[Tag] = Field(
-        default_factory=list, max_length=MAX_TAGS, description="Only notes with all these tags."
-    )
+    tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS, description="Only notes with all these tags.")
     limit: int = Field(default=10, ge=1, le=100)
     created_after: datetime | None = Field(default=None, description="Only notes created at or after this time.")
     created_before: datetime | None = Field(default=None, description="Only notes created before this time.")
     owner: str | None = Field(
-        default=None, max_length=64, description="Search this agent's memory instead (it must be shared with the caller)."
+        default=None,
+        max_length=64,
+        description="Search this agent's memory instead (it must be shared with the caller).",
     )
 
 
@@ -178,7 +178,9 @@ CATALOGUE: dict[str, Syscall] = {
         Syscall("memory.update", MemoryUpdateArgs, Note, "Change a note's content, tags or metadata."),
         Syscall("memory.delete", MemoryDeleteArgs, NoteRef, "Delete a note."),
         Syscall("memory.search", MemorySearchArgs, SearchResult, "Rank notes against a query."),
-        Syscall("llm.chat", LlmChatArgs, LlmChatResult, "Generate the next assistant message (served by a worker).", "llm"),
+        Syscall(
+            "llm.chat", LlmChatArgs, LlmChatResult, "Generate the next assistant message (served by a worker).", "llm"
+        ),
         Syscall("context.create", ContextCreateArgs, SessionInfo, "Start a conversation session."),
         Syscall("context.get", ContextRef, Session, "Fetch a session with its messages."),
         Syscall("context.append", ContextAppendArgs, SessionInfo, "Add messages to a session."),
@@ -193,7 +195,13 @@ CATALOGUE: dict[str, Syscall] = {
         Syscall("storage.rollback", StorageRollbackArgs, FileWritten, "Restore a kept version as a new version."),
         Syscall("storage.share", StorageShareArgs, ShareList, "Let an agent or group read or write a path."),
         Syscall("storage.unshare", StorageUnshareArgs, ShareList, "Withdraw a share."),
-        Syscall("tool.call", ToolCallArgs, ToolCallResult, "Run a registered tool in a sandbox (served by aiosd tools).", "tools"),
+        Syscall(
+            "tool.call",
+            ToolCallArgs,
+            ToolCallResult,
+            "Run a registered tool in a sandbox (served by aiosd tools).",
+            "tools",
+        ),
         Syscall("tool.list", ToolListArgs, ToolListResult, "List the tools the caller may call, with their schemas."),
         Syscall("syscall.result", ResultArgs, StoredResult, "Fetch a syscall's stored reply by id."),
     )
@@ -212,4 +220,3 @@ def served_by(syscall: str) -> ServedBy:
 def is_leased(syscall: str) -> bool:
     """Whether ``syscall`` is leased to a worker or tool runner."""
     return served_by(syscall) != "kernel"
-

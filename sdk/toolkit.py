@@ -70,8 +70,9 @@ class ToolContext:
     them to ``agent``: a tool cannot name another agent's data.
     """
 
-    def __init__(self, agent: str, call_id: str, tool: str, scratch: Path, deadline: float,
-                 kernel: KernelCall | None = None) -> None:
+    def __init__(
+        self, agent: str, call_id: str, tool: str, scratch: Path, deadline: float, kernel: KernelCall | None = None
+    ) -> None:
         self.agent = agent
         self.call_id = call_id
         self.tool = tool
@@ -88,8 +89,12 @@ class ToolContext:
         if self._kernel is None:
             raise ToolError("no kernel services in this context", "tool_failed")
         got = self._kernel("storage.read", {"path": path, "version": version})
-        return StoredFile(path=str(got["path"]), version=int(got["version"]), content_type=str(got["content_type"]),
-                          data=base64.b64decode(got["data"]))
+        return StoredFile(
+            path=str(got["path"]),
+            version=int(got["version"]),
+            content_type=str(got["content_type"]),
+            data=base64.b64decode(got["data"]),
+        )
 
 
 @dataclass(frozen=True)

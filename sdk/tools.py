@@ -37,7 +37,9 @@ class ToolCallArgs(_Args):
     name: str = Field(pattern=TOOL_NAME, description="The tool (see tool.list).")
     args: dict[str, Any] = Field(default_factory=dict, description="The tool's arguments (its `parameters` schema).")
     timeout: float | None = Field(
-        default=None, gt=0, le=MAX_TOOL_TIMEOUT,
+        default=None,
+        gt=0,
+        le=MAX_TOOL_TIMEOUT,
         description="Wall-clock seconds; at most the tool's max_timeout. Default: the tool's timeout.",
     )
 

@@ -168,7 +168,9 @@ def completed_count(db: pymongo.database.Database[dict[str, Any]]) -> int:
     return db["results"].count_documents({})
 
 
-def live_after_retirement(db: pymongo.database.Database[dict[str, Any]], query: dict[str, Any], timeout: float = 5.0) -> int:
+def live_after_retirement(
+    db: pymongo.database.Database[dict[str, Any]], query: dict[str, Any], timeout: float = 5.0
+) -> int:
     """Live records matching ``query`` once sent replies had time to retire theirs (retired in batches)."""
     deadline = time.monotonic() + timeout
     while (live := db["syscalls"].count_documents(query)) and time.monotonic() < deadline:
@@ -236,10 +238,14 @@ class ToolsProcess(SchedulerProcess):
 MGMT_URL = f"http://{HOST}:{MGMT_PORT}"
 
 
-def aiosd_cli(world: World, *args: str, input: str | None = None, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+def aiosd_cli(
+    world: World, *args: str, input: str | None = None, timeout: float = 60, **env: str
+) -> subprocess.CompletedProcess[str]:
     """Run an ``aiosd`` CLI command bound to ``world`` (and the management API); never raises on exit codes."""
     full_env = world.env(AIOSD_AMQP_ADMIN_URL=MGMT_URL, **{f"AIOSD_{k.upper()}": v for k, v in env.items()})
-    return subprocess.run(aiosd_command(*args), env=full_env, input=input, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        aiosd_command(*args), env=full_env, input=input, capture_output=True, text=True, timeout=timeout
+    )
 
 
 class AgentRegistry:

@@ -31,7 +31,9 @@ from aiosd.sdk.protocol import Usage
 class ScriptedWorker:
     """Receives leases on its queue; heartbeats on a thread; reports outcomes on demand."""
 
-    def __init__(self, url: str, worker_id: str, capacity: int = 1, model: str = "scripted-model", interval: float = 0.3) -> None:
+    def __init__(
+        self, url: str, worker_id: str, capacity: int = 1, model: str = "scripted-model", interval: float = 0.3
+    ) -> None:
         self.url = url
         self.worker_id = worker_id
         self.capacity = capacity
@@ -76,8 +78,15 @@ class ScriptedWorker:
         with self._lock:
             self.held.pop(lease.lease_id, None)
         outcome = Outcome(
-            worker_id=self.worker_id, lease_id=lease.lease_id, key=lease.key, status=status,  # type: ignore[arg-type]
-            text=text, finish_reason="stop", model=self.model, usage=Usage(prompt_tokens=5, completion_tokens=3), run_ms=1.0,
+            worker_id=self.worker_id,
+            lease_id=lease.lease_id,
+            key=lease.key,
+            status=status,  # type: ignore[arg-type]
+            text=text,
+            finish_reason="stop",
+            model=self.model,
+            usage=Usage(prompt_tokens=5, completion_tokens=3),
+            run_ms=1.0,
             **extra,
         )
         self._publish(outcome.model_dump_json().encode())
@@ -87,7 +96,14 @@ class ScriptedWorker:
     def heartbeat(self) -> None:
         with self._lock:
             held = [lid for lid in self.held if lid not in self.silent]
-        state = WorkerState(worker_id=self.worker_id, host="test", backend="scripted", model=self.model, capacity=self.capacity, leases=held)
+        state = WorkerState(
+            worker_id=self.worker_id,
+            host="test",
+            backend="scripted",
+            model=self.model,
+            capacity=self.capacity,
+            leases=held,
+        )
         self._publish(Heartbeat(worker=state).model_dump_json().encode())
 
     def _beat_loop(self) -> None:
@@ -97,7 +113,9 @@ class ScriptedWorker:
 
     def _publish(self, body: bytes) -> None:
         with self._lock:
-            self._pub_ch.basic_publish("", EVENTS_QUEUE, body, pika.BasicProperties(content_type="application/json", delivery_mode=2))
+            self._pub_ch.basic_publish(
+                "", EVENTS_QUEUE, body, pika.BasicProperties(content_type="application/json", delivery_mode=2)
+            )
 
     def _consume(self) -> None:
         conn = pika.BlockingConnection(pika.URLParameters(self.url))

@@ -44,7 +44,9 @@ def refused(url: str, action: Callable[[Any], object]) -> pika.exceptions.Channe
             conn.close()
 
 
-def test_add_creates_a_least_privilege_user_and_a_policy(shared_world: World, registry: AgentRegistry, pair: tuple[str, str]) -> None:
+def test_add_creates_a_least_privilege_user_and_a_policy(
+    shared_world: World, registry: AgentRegistry, pair: tuple[str, str]
+) -> None:
     alice = registry.name("alice")
     with management() as api:
         user = api.get(f"/users/{alice}").json()
@@ -109,9 +111,11 @@ def test_agent_cannot_use_other_queues_or_exchanges(pair: tuple[str, str], regis
         for action in cases:
             assert refused(alice_url, action).reply_code == 403
         for exchange, key in (("", bob_queue), ("aiosd.dead", "x"), ("amq.topic", "x")):
+
             def publish(ch: Any, exchange: str = exchange, key: str = key) -> None:
                 ch.confirm_delivery()
                 ch.basic_publish(exchange, key, b"{}", pika.BasicProperties(user_id=registry.name("alice")))
+
             assert refused(alice_url, publish).reply_code == 403
     finally:
         bob_conn.close()
@@ -123,7 +127,9 @@ def _own_queue(ch: Any, registry: AgentRegistry) -> str:
     return name
 
 
-def test_agent_works_through_the_sdk_and_cannot_redirect_replies(pair: tuple[str, str], registry: AgentRegistry) -> None:
+def test_agent_works_through_the_sdk_and_cannot_redirect_replies(
+    pair: tuple[str, str], registry: AgentRegistry
+) -> None:
     alice_url, _ = pair
     with Client(alice_url, timeout=20) as client:
         assert client.agent == registry.name("alice")
@@ -132,8 +138,12 @@ def test_agent_works_through_the_sdk_and_cannot_redirect_replies(pair: tuple[str
     agent = RawAgent(alice_url, user=registry.name("alice"))
     try:
         body = json.dumps({"syscall": "memory.add", "args": {"content": "to bob's queue"}}).encode()
-        props = pika.BasicProperties(message_id="redirect-1", user_id=registry.name("alice"), content_type="application/json",
-                                     reply_to=f"aiosd.reply.{registry.name('bob')}.x")
+        props = pika.BasicProperties(
+            message_id="redirect-1",
+            user_id=registry.name("alice"),
+            content_type="application/json",
+            reply_to=f"aiosd.reply.{registry.name('bob')}.x",
+        )
         agent.ch.basic_publish("aiosd.ingress", "memory.add", body, props)
         reply = agent.call("memory.add", {"content": "a normal call still works"})
         assert reply["status"] == "ok"
@@ -143,11 +153,15 @@ def test_agent_works_through_the_sdk_and_cannot_redirect_replies(pair: tuple[str
     assert rec is not None and rec["code"] == "invalid_request" and "reply_to" in rec["reason"]
 
 
-def test_unregistered_identity_is_denied_by_default(shared_world: World, registry: AgentRegistry, scheduler: SchedulerProcess) -> None:
+def test_unregistered_identity_is_denied_by_default(
+    shared_world: World, registry: AgentRegistry, scheduler: SchedulerProcess
+) -> None:
     name = registry.name("stranger")
     with management() as api:  # a broker user aiosd never registered
         api.put(f"/users/{name}", json={"password": "pw", "tags": ""}).raise_for_status()
-        api.put(f"/permissions/{quote(shared_world.vhost, safe='')}/{name}", json=agent_permissions(name)).raise_for_status()
+        api.put(
+            f"/permissions/{quote(shared_world.vhost, safe='')}/{name}", json=agent_permissions(name)
+        ).raise_for_status()
     registry.names.append(name)
     with Client(shared_world.amqp_url(name, "pw"), timeout=20) as client, pytest.raises(CallError) as err:
         client.memory.add("hello?")
@@ -200,8 +214,8 @@ def test_remove_deletes_user_and_policy_but_keeps_the_audit(shared_world: World,
 
 def test_readme_policy_example_is_valid_and_defaults_match() -> None:
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Agents, policies and audit"):]
-    example = section[section.index("```yaml") + len("```yaml"):]
+    section = readme[readme.index("## Agents, policies and audit") :]
+    example = section[section.index("```yaml") + len("```yaml") :]
     policy = parse_policy(yaml.safe_load(example[: example.index("```")]))
     assert policy.grants[0].agent == "bob" and policy.approval_required == ["memory.delete"]
     defaults = Policy()

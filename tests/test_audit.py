@@ -32,7 +32,9 @@ def audit(world: World) -> Iterator[Collection]:
 
 def append(log: AuditLog, n: int, agent: str = "a") -> None:
     for i in range(n):
-        log.record(agent=agent, syscall="memory.add", message_id=f"{agent}-{i}", decision=Decision.ACCEPTED, resource="memory")
+        log.record(
+            agent=agent, syscall="memory.add", message_id=f"{agent}-{i}", decision=Decision.ACCEPTED, resource="memory"
+        )
 
 
 def test_concurrent_writers_keep_one_unbroken_chain(audit: Collection) -> None:
@@ -58,7 +60,9 @@ def test_concurrent_processes_keep_one_unbroken_chain(world: World, audit: Colle
         "for i in range(40):\n"
         "    log.record(agent=sys.argv[3], syscall=None, message_id=str(i), decision=Decision.ACCEPTED)\n"
     )
-    procs = [subprocess.Popen([sys.executable, "-c", script, MONGO_URL, world.db_name, f"p{i}"], cwd=ROOT) for i in range(4)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, MONGO_URL, world.db_name, f"p{i}"], cwd=ROOT) for i in range(4)
+    ]
     assert all(p.wait(120) == 0 for p in procs)
     verdict = verify(audit)
     assert verdict.ok, verdict.problem
@@ -154,8 +158,12 @@ def test_tail_filters_and_follows(world: World, audit: Collection) -> None:
     assert [r["seq"] for r in as_json] == [4, 5]
 
     env = world.env()
-    follower = subprocess.Popen(aiosd_command("audit", "tail", "--follow", "--agent", "cy", "-n", "0"),
-                                env=env, stdout=subprocess.PIPE, text=True)
+    follower = subprocess.Popen(
+        aiosd_command("audit", "tail", "--follow", "--agent", "cy", "-n", "0"),
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         time.sleep(2)
         append(log, 1, "cy")

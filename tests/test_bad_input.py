@@ -58,16 +58,76 @@ CASES = [
     pytest.param(b"{this is not json", "memory.add", "malformed", "JSON", id="malformed-json"),
     pytest.param(b"\xff\xfe not utf-8", "memory.add", "malformed", "UTF-8", id="not-utf8"),
     pytest.param(b"[1, 2, 3]", "memory.add", "malformed", "object", id="not-an-object"),
-    pytest.param(json.dumps({"syscall": "memory.fly", "args": {}}).encode(), "memory.fly", "unknown_syscall", "memory.fly", id="unknown-syscall"),
-    pytest.param(json.dumps({"args": {"content": "x"}}).encode(), "memory.add", "invalid_request", "syscall", id="missing-syscall"),
-    pytest.param(json.dumps({"syscall": "memory.add", "args": {}}).encode(), "memory.add", "invalid_args", "content", id="missing-arg"),
-    pytest.param(json.dumps({"syscall": "memory.add", "args": {"content": 5}}).encode(), "memory.add", "invalid_args", "content", id="wrong-type"),
-    pytest.param(json.dumps({"syscall": "memory.add", "extra": 1}).encode(), "memory.add", "invalid_request", "extra", id="unknown-field"),
-    pytest.param(json.dumps({"v": 2, "syscall": "memory.add"}).encode(), "memory.add", "unsupported_version", "version", id="future-version"),
-    pytest.param(b'{"syscall": "memory.add", "args": {"content": "' + b"x" * (ONE_MIB + 10) + b'"}}', "memory.add", "too_large", "limit", id="oversize"),
-    pytest.param(json.dumps({"syscall": "memory.add", "args": {"content": "x", "metadata": {"a.b": 1}}}).encode(), "memory.add", "invalid_args", "a.b", id="dotted-key"),
-    pytest.param(json.dumps({"syscall": "memory.add", "args": {"content": "x", "metadata": {"k": [{"$where": 1}]}}}).encode(), "memory.add", "invalid_args", "$where", id="dollar-key"),
-    pytest.param(json.dumps({"syscall": "memory.add", "args": {"content": "x", "metadata": {"a\u0000b": 1}}}).encode(), "memory.add", "invalid_args", "NUL", id="nul-key"),
+    pytest.param(
+        json.dumps({"syscall": "memory.fly", "args": {}}).encode(),
+        "memory.fly",
+        "unknown_syscall",
+        "memory.fly",
+        id="unknown-syscall",
+    ),
+    pytest.param(
+        json.dumps({"args": {"content": "x"}}).encode(),
+        "memory.add",
+        "invalid_request",
+        "syscall",
+        id="missing-syscall",
+    ),
+    pytest.param(
+        json.dumps({"syscall": "memory.add", "args": {}}).encode(),
+        "memory.add",
+        "invalid_args",
+        "content",
+        id="missing-arg",
+    ),
+    pytest.param(
+        json.dumps({"syscall": "memory.add", "args": {"content": 5}}).encode(),
+        "memory.add",
+        "invalid_args",
+        "content",
+        id="wrong-type",
+    ),
+    pytest.param(
+        json.dumps({"syscall": "memory.add", "extra": 1}).encode(),
+        "memory.add",
+        "invalid_request",
+        "extra",
+        id="unknown-field",
+    ),
+    pytest.param(
+        json.dumps({"v": 2, "syscall": "memory.add"}).encode(),
+        "memory.add",
+        "unsupported_version",
+        "version",
+        id="future-version",
+    ),
+    pytest.param(
+        b'{"syscall": "memory.add", "args": {"content": "' + b"x" * (ONE_MIB + 10) + b'"}}',
+        "memory.add",
+        "too_large",
+        "limit",
+        id="oversize",
+    ),
+    pytest.param(
+        json.dumps({"syscall": "memory.add", "args": {"content": "x", "metadata": {"a.b": 1}}}).encode(),
+        "memory.add",
+        "invalid_args",
+        "a.b",
+        id="dotted-key",
+    ),
+    pytest.param(
+        json.dumps({"syscall": "memory.add", "args": {"content": "x", "metadata": {"k": [{"$where": 1}]}}}).encode(),
+        "memory.add",
+        "invalid_args",
+        "$where",
+        id="dollar-key",
+    ),
+    pytest.param(
+        json.dumps({"syscall": "memory.add", "args": {"content": "x", "metadata": {"a\u0000b": 1}}}).encode(),
+        "memory.add",
+        "invalid_args",
+        "NUL",
+        id="nul-key",
+    ),
 ]
 
 
@@ -105,7 +165,9 @@ def test_missing_user_id_is_unauthenticated(shared_world: World, agent: RawAgent
 def test_missing_message_id_without_reply_is_dead_lettered(shared_world: World, agent: RawAgent) -> None:
     ch = agent.ch
     props = pika.BasicProperties(user_id="guest", content_type="application/json", correlation_id="no-id-1")
-    ch.basic_publish("aiosd.ingress", "memory.add", json.dumps({"syscall": "memory.add", "args": {"content": "x"}}).encode(), props)
+    ch.basic_publish(
+        "aiosd.ingress", "memory.add", json.dumps({"syscall": "memory.add", "args": {"content": "x"}}).encode(), props
+    )
     conn = shared_world.pika()
     dch = conn.channel()
     try:

@@ -36,7 +36,9 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(aiosd_command(*args), env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT, check=False)
+    return subprocess.run(
+        aiosd_command(*args), env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT, check=False
+    )
 
 
 # -- exit codes of `aiosd scheduler` -------------------------------------------
@@ -52,7 +54,14 @@ def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
         (("--config", "/nonexistent/aiosd.toml"), {}, "/nonexistent/aiosd.toml does not exist"),
         ((), {"AIOSD_CONFIG": "/nonexistent/aiosd.toml"}, "/nonexistent/aiosd.toml does not exist"),
     ],
-    ids=["env-prefetch-0", "env-threads-not-int", "env-log-level", "flag-prefetch-0", "flag-config-missing", "env-config-missing"],
+    ids=[
+        "env-prefetch-0",
+        "env-threads-not-int",
+        "env-log-level",
+        "flag-prefetch-0",
+        "flag-config-missing",
+        "env-config-missing",
+    ],
 )
 def test_scheduler_with_invalid_settings_exits_78(args: tuple[str, ...], env: dict[str, str], expected: str) -> None:
     result = run_cli("scheduler", *args, env=clean_env(**env))
@@ -77,7 +86,9 @@ def test_scheduler_with_bad_config_file_exits_78(tmp_path: Path) -> None:
 
 
 def test_scheduler_exits_69_when_mongodb_is_unreachable() -> None:
-    env = clean_env(AIOSD_MONGO_URL=f"mongodb://127.0.0.1:{closed_port()}/", AIOSD_CONNECT_TIMEOUT="2", AIOSD_LOG_FORMAT="json")
+    env = clean_env(
+        AIOSD_MONGO_URL=f"mongodb://127.0.0.1:{closed_port()}/", AIOSD_CONNECT_TIMEOUT="2", AIOSD_LOG_FORMAT="json"
+    )
     result = run_cli("scheduler", env=env)
     assert result.returncode == EXIT_UNAVAILABLE == 69, result.stderr
     assert "aiosd: MongoDB is unreachable" in result.stderr
@@ -145,7 +156,9 @@ def test_config_file_named_by_env(no_aiosd_env: pytest.MonkeyPatch, config_file:
     assert load_settings(str(other)).prefetch == 11  # --config beats AIOSD_CONFIG
 
 
-def test_invalid_values_raise_config_error_naming_the_field(no_aiosd_env: pytest.MonkeyPatch, config_file: Path) -> None:
+def test_invalid_values_raise_config_error_naming_the_field(
+    no_aiosd_env: pytest.MonkeyPatch, config_file: Path
+) -> None:
     with pytest.raises(ConfigError, match="prefetch"):
         load_settings(prefetch=0)
     no_aiosd_env.setenv("AIOSD_SHUTDOWN_TIMEOUT", "-1")
@@ -177,7 +190,12 @@ def test_result_prints_stored_reply_and_fails_for_unknown_id(
     shown = run_cli("result", "cli-result-1", env=env)
     assert shown.returncode == 0, shown.stderr
     record = json.loads(shown.stdout)
-    assert (record["id"], record["agent"], record["syscall"], record["state"]) == ("cli-result-1", "guest", "memory.add", "completed")
+    assert (record["id"], record["agent"], record["syscall"], record["state"]) == (
+        "cli-result-1",
+        "guest",
+        "memory.add",
+        "completed",
+    )
     assert record["args"] == {"content": "fetch me by id"}
     assert record["reply"] == json.loads(reply.model_dump_json())
     assert record["reply"]["status"] == "ok" and record["reply"]["result"]["id"].startswith("n_")
@@ -199,4 +217,3 @@ def test_result_exits_69_when_mongodb_is_unreachable() -> None:
     result = run_cli("result", "anything", env=env)
     assert result.returncode == EXIT_UNAVAILABLE, result.stderr
     assert "aiosd: MongoDB is unreachable" in result.stderr
-

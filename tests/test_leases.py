@@ -57,12 +57,16 @@ def test_llm_call_through_a_worker(world: World, make_scheduler: Any, workers: l
     assert world.db().workers.find_one({"_id": "w1"})["capacity"] == 1
 
 
-def test_late_result_after_reassignment_is_dropped(world: World, make_scheduler: Any, workers: list[ScriptedWorker]) -> None:
+def test_late_result_after_reassignment_is_dropped(
+    world: World, make_scheduler: Any, workers: list[ScriptedWorker]
+) -> None:
     sched = make_scheduler(lease_ttl="1.5").start()
     a = spawn(world, workers, "wa")
     agent = RawAgent(world.amqp_url())
     try:
-        call_id = agent.publish(json.dumps({"syscall": "llm.chat", "args": chat_args()}).encode(), routing_key="llm.chat")
+        call_id = agent.publish(
+            json.dumps({"syscall": "llm.chat", "args": chat_args()}).encode(), routing_key="llm.chat"
+        )
         first = a.next_lease()
         a.silent.add(first.lease_id)  # never reported in heartbeats: the lease expires
         second = a.next_lease(timeout=15)
@@ -162,7 +166,9 @@ def test_session_affinity_while_balanced(world: World, make_scheduler: Any, work
     assert len(set(placed["s1"])) == 1 and len(set(placed["s2"])) == 1, placed
 
 
-def test_round_robin_slices_resume_from_snapshot(world: World, make_scheduler: Any, workers: list[ScriptedWorker]) -> None:
+def test_round_robin_slices_resume_from_snapshot(
+    world: World, make_scheduler: Any, workers: list[ScriptedWorker]
+) -> None:
     from aiosd.sdk.cluster import Snapshot
 
     make_scheduler(policy="round_robin", slice_tokens="4").start()

@@ -78,7 +78,10 @@ def test_kill_9_worker_holding_leases(world: World, make_scheduler: Any, tmp_pat
         survivor = start_worker(world, tmp_path, started, "survivor")
         with Client(world.amqp_url(), timeout=180) as client, ThreadPoolExecutor(6) as pool:
             futures = [pool.submit(client.request, "llm.chat", greedy(16)) for _ in range(6)]
-            held = wait_until(lambda: [d["id"] for d in world.db().syscalls.find({"state": "leased", "lease.worker": "victim"})], timeout=60)
+            held = wait_until(
+                lambda: [d["id"] for d in world.db().syscalls.find({"state": "leased", "lease.worker": "victim"})],
+                timeout=60,
+            )
             victim.signal(signal.SIGKILL)
             replies = [f.result(180) for f in futures]
             assert survivor.proc is not None and survivor.proc.poll() is None
@@ -101,10 +104,7 @@ def test_json_mode_gives_valid_json_or_clear_error(world: World, make_scheduler:
     try:
         start_worker(world, tmp_path, started, "cpu0")
         with Client(world.amqp_url(), timeout=120) as client:
-            replies = [
-                client.request("llm.chat", {**greedy(48), "response_format": fmt})
-                for fmt in ("json", schema)
-            ]
+            replies = [client.request("llm.chat", {**greedy(48), "response_format": fmt}) for fmt in ("json", schema)]
     finally:
         for w in started:
             w.stop()

@@ -15,7 +15,11 @@ def test_sync_round_trip(shared_world: World, scheduler: SchedulerProcess) -> No
     with Client(shared_world.amqp_url(), timeout=20) as client:
         ref = client.memory.add("the standup moved to 10am", tags=["calendar"], metadata={"source": "chat"})
         note = client.memory.get(ref.id)
-        assert (note.content, note.tags, note.metadata) == ("the standup moved to 10am", ["calendar"], {"source": "chat"})
+        assert (note.content, note.tags, note.metadata) == (
+            "the standup moved to 10am",
+            ["calendar"],
+            {"source": "chat"},
+        )
 
         updated = client.memory.update(ref.id, content="the standup moved to 11am")
         assert updated.content == "the standup moved to 11am"
@@ -89,7 +93,11 @@ def test_search_filters_by_tags_and_time(shared_world: World, scheduler: Schedul
         client.memory.add("deploy the garden furniture", tags=["home"])
         ops = client.memory.search("deploy service", tags=["ops"]).results
         assert {h.id for h in ops} == {old.id, new.id} and all(h.score > 0 for h in ops)
-        recent = client.memory.search("deploy", tags=["ops"], created_after=cut + (client.memory.get(new.id).created_at - cut) / 2).results
+        recent = client.memory.search(
+            "deploy", tags=["ops"], created_after=cut + (client.memory.get(new.id).created_at - cut) / 2
+        ).results
         assert [h.id for h in recent] == [new.id]
-        earlier = client.memory.search("deploy", tags=["ops"], created_before=client.memory.get(new.id).created_at).results
+        earlier = client.memory.search(
+            "deploy", tags=["ops"], created_before=client.memory.get(new.id).created_at
+        ).results
         assert [h.id for h in earlier] == [old.id]

@@ -31,7 +31,9 @@ def wait_until(what: str, check: Callable[[], bool], timeout: float = 30.0) -> N
         time.sleep(0.05)
 
 
-def test_backlog_is_served_highest_priority_first(world: World, make_scheduler: Callable[..., SchedulerProcess]) -> None:
+def test_backlog_is_served_highest_priority_first(
+    world: World, make_scheduler: Callable[..., SchedulerProcess]
+) -> None:
     conn = world.pika()
     declare_topology(conn.channel())
     conn.close()
@@ -39,7 +41,13 @@ def test_backlog_is_served_highest_priority_first(world: World, make_scheduler: 
     with Client(world.amqp_url(), timeout=120) as client, ThreadPoolExecutor(LOW + HIGH) as pool:
 
         def send(priority: int, n: int) -> Future[Reply]:
-            return pool.submit(client.request, "memory.add", {"content": f"p{priority} #{n}"}, priority=priority, message_id=f"p{priority}-{n}")
+            return pool.submit(
+                client.request,
+                "memory.add",
+                {"content": f"p{priority} #{n}"},
+                priority=priority,
+                message_id=f"p{priority}-{n}",
+            )
 
         low = [send(0, n) for n in range(LOW)]
         wait_until("the low-priority backlog", lambda: ready_messages(world) == LOW)

@@ -44,7 +44,14 @@ def test_docs_cover_every_syscall_status_and_code() -> None:
         assert f"`{code.value}`" in PROTOCOL_DOC, f"error code {code.value} missing from docs/protocol.md"
     for status in Status:
         assert f"`{status.value}`" in PROTOCOL_DOC
-    for name in ("aiosd.ingress", "aiosd.syscalls", "aiosd.dead", "x-aiosd-error-code", "x-aiosd-error-reason", "aiosd-protocol"):
+    for name in (
+        "aiosd.ingress",
+        "aiosd.syscalls",
+        "aiosd.dead",
+        "x-aiosd-error-code",
+        "x-aiosd-error-reason",
+        "aiosd-protocol",
+    ):
         assert name in PROTOCOL_DOC
 
 

@@ -75,7 +75,9 @@ def test_counters_stay_exact_with_many_threads(world: World) -> None:
     counters = Counters(col)
     key = f"x:{uuid.uuid4().hex}"
     with ThreadPoolExecutor(16) as pool:
-        taken = list(pool.map(lambda _: counters.reserve(key, period_amounts(requests=1), {"requests": 200}, {}), range(300)))
+        taken = list(
+            pool.map(lambda _: counters.reserve(key, period_amounts(requests=1), {"requests": 200}, {}), range(300))
+        )
         list(pool.map(lambda _: counters.add(key, period_amounts(prompt_tokens=3), {}), range(400)))
     doc = col.find_one({"_id": key})
     assert sum(t is not None for t in taken) == 200
@@ -123,7 +125,9 @@ def worker(world: World) -> Iterator[ScriptedWorker]:
     w.stop()
 
 
-def test_token_quota_and_models(world: World, make_scheduler: Any, registry: AgentRegistry, worker: ScriptedWorker) -> None:
+def test_token_quota_and_models(
+    world: World, make_scheduler: Any, registry: AgentRegistry, worker: ScriptedWorker
+) -> None:
     make_scheduler().start()
     url = registry.add("llm", "--tokens", "10", "--model", "scripted-*")
     name = registry.name("llm")
@@ -138,15 +142,26 @@ def test_token_quota_and_models(world: World, make_scheduler: Any, registry: Age
         memory_still_fine = client.request("memory.add", {"content": "tokens do not limit memory"})
     assert (over.status.value, over.error.code.value) == ("denied", "quota_exceeded")  # type: ignore[union-attr]
     assert "token quota of 10 per day" in over.error.message  # type: ignore[union-attr]
-    assert wrong_model.error is not None and wrong_model.error.code.value == "denied" and "gpt-4" in wrong_model.error.message
+    assert (
+        wrong_model.error is not None
+        and wrong_model.error.code.value == "denied"
+        and "gpt-4" in wrong_model.error.message
+    )
     assert unnamed.error is not None and "name one" in unnamed.error.message
     assert memory_still_fine.status.value == "ok"
     period = world.db().counters.find_one({"_id": period_window(name, "day").key})
     assert period is not None
-    assert (period["prompt_tokens"], period["completion_tokens"], period["llm_calls"], period["requests"]) == (10, 6, 2, 3)
+    assert (period["prompt_tokens"], period["completion_tokens"], period["llm_calls"], period["requests"]) == (
+        10,
+        6,
+        2,
+        3,
+    )
 
 
-def test_max_concurrent_llm_calls(world: World, make_scheduler: Any, registry: AgentRegistry, worker: ScriptedWorker) -> None:
+def test_max_concurrent_llm_calls(
+    world: World, make_scheduler: Any, registry: AgentRegistry, worker: ScriptedWorker
+) -> None:
     make_scheduler().start()
     url = registry.add("busy", "--max-llm", "1")
     with Client(url, timeout=60) as client, ThreadPoolExecutor(3) as pool:

@@ -44,7 +44,9 @@ def test_memory_round_trip_without_the_sdk(agent: RawAgent) -> None:
 def test_result_fetched_by_id_without_reply_queue(agent: RawAgent) -> None:
     import json
 
-    call_id = agent.publish(json.dumps({"syscall": "memory.add", "args": {"content": "fire and forget"}}).encode(), reply=False)
+    call_id = agent.publish(
+        json.dumps({"syscall": "memory.add", "args": {"content": "fire and forget"}}).encode(), reply=False
+    )
     stored: dict[str, object] = {}
     for _ in range(50):
         stored = agent.call("syscall.result", {"id": call_id})["result"]

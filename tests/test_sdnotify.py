@@ -37,7 +37,9 @@ def collect(sock: socket.socket, until: str, timeout: float) -> list[str]:
 
 
 @pytest.mark.parametrize("kind", ["scheduler", "worker"])
-def test_ready_watchdog_stopping(world: World, tmp_path: Path, notify_socket: tuple[socket.socket, str], kind: str) -> None:
+def test_ready_watchdog_stopping(
+    world: World, tmp_path: Path, notify_socket: tuple[socket.socket, str], kind: str
+) -> None:
     sock, path = notify_socket
     helper = SchedulerProcess(world, tmp_path).start() if kind == "worker" else None
     proc = SchedulerProcess(world, tmp_path) if kind == "scheduler" else WorkerProcess(world, tmp_path)

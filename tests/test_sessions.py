@@ -83,6 +83,6 @@ def test_truncation_keeps_system_and_newest_turns() -> None:
     kept = fit(history, own, context_length=600, max_tokens=100)
     assert kept[0] == history[0] and kept[-1] == own[0]
     middle = kept[1:-1]
-    assert middle and middle == history[len(history) - len(middle):]  # the newest turns, in order
+    assert middle and middle == history[len(history) - len(middle) :]  # the newest turns, in order
     assert len(middle) < 19
     assert fit(history, own, context_length=100_000, max_tokens=100) == [*history, *own]

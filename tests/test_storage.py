@@ -156,7 +156,11 @@ def test_absolute_and_foreign_looking_paths_stay_in_the_namespace(client: Client
 def test_binary_round_trip_and_large_file_in_gridfs(client: Client, shared_world: World) -> None:
     small = bytes(range(256)) * 4
     stored = client.call("storage.write", {"path": "/bin/small.dat", "base64": base64.b64encode(small).decode()})
-    assert (stored["size"], stored["sha256"], stored["content_type"]) == (len(small), sha(small), "application/octet-stream")
+    assert (stored["size"], stored["sha256"], stored["content_type"]) == (
+        len(small),
+        sha(small),
+        "application/octet-stream",
+    )
     got = read(client, "/bin/small.dat")
     assert got["text"] is None and base64.b64decode(got["base64"]) == small
     not_text = fails(client, "read", {"path": "/bin/small.dat", "encoding": "text"})
@@ -224,7 +228,9 @@ def test_delete_waits_for_approval(world: World, make_scheduler: Any, approval_r
         outcome: dict[str, Any] = {}
         deleter = threading.Thread(target=lambda: outcome.update(c.call("storage.delete", {"path": "/contract.txt"})))
         deleter.start()
-        key = wait_until(lambda: next((d["_id"] for d in world.db().syscalls.find({"state": "pending_approval"})), None))
+        key = wait_until(
+            lambda: next((d["_id"] for d in world.db().syscalls.find({"state": "pending_approval"})), None)
+        )
         assert read(c, "/contract.txt")["text"] == "signed"  # parked: nothing deleted yet
         assert approval_registry.cli("approve", key).returncode == 0
         deleter.join(30)

@@ -56,8 +56,9 @@ def test_an_uncommitted_version_is_skipped_and_never_visible(db: Any) -> None:
     svc = service(db)
     svc.write(ctx("c1"), StorageWriteArgs(path="/f", text="one"))
     # A call that crashed after storing its version document but before committing the head.
-    db["storage_versions"].insert_one({"_id": f"{AGENT}/f@2", "owner": AGENT, "path": "/f", "v": 2, "call": "solo/crashed",
-                                       "data": b"orphan"})
+    db["storage_versions"].insert_one(
+        {"_id": f"{AGENT}/f@2", "owner": AGENT, "path": "/f", "v": 2, "call": "solo/crashed", "data": b"orphan"}
+    )
     assert svc.write(ctx("c2"), StorageWriteArgs(path="/f", text="two")).version == 3
     with pytest.raises(NotFound):
         svc.read(ctx("c3"), StorageReadArgs(path="/f", version=2))

@@ -25,8 +25,12 @@ from aiosd.workers.toolrunner import ToolEngine, tools_config
 
 from .harness import TEST_TOOLS
 
-BUILTINS = {"calculator": "aiosd.workers.stdtools:CALCULATOR", "regex": "aiosd.workers.stdtools:REGEX",
-            "json_query": "aiosd.workers.stdtools:JSON_QUERY", "read_file": "aiosd.workers.stdtools:READ_FILE"}
+BUILTINS = {
+    "calculator": "aiosd.workers.stdtools:CALCULATOR",
+    "regex": "aiosd.workers.stdtools:REGEX",
+    "json_query": "aiosd.workers.stdtools:JSON_QUERY",
+    "read_file": "aiosd.workers.stdtools:READ_FILE",
+}
 
 
 @pytest.fixture
@@ -39,29 +43,45 @@ def test_tools(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- built-ins ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("expression", "value"), [
-    ("1 + 2 * 3", 7), ("(1 + 2) * 3", 9), ("7 / 2", 3.5), ("7 // 2", 3), ("-7 % 3", 2), ("2 ** 10", 1024),
-    ("sqrt(16) + abs(-2)", 6.0), ("max(1, 5, 3)", 5), ("round(pi, 2)", 3.14), ("2 ** -1", 0.5),
-    ("factorial(5)", 120), ("log(e)", 1.0), ("10 ** 100 // 10 ** 99", 10),
-])
+@pytest.mark.parametrize(
+    ("expression", "value"),
+    [
+        ("1 + 2 * 3", 7),
+        ("(1 + 2) * 3", 9),
+        ("7 / 2", 3.5),
+        ("7 // 2", 3),
+        ("-7 % 3", 2),
+        ("2 ** 10", 1024),
+        ("sqrt(16) + abs(-2)", 6.0),
+        ("max(1, 5, 3)", 5),
+        ("round(pi, 2)", 3.14),
+        ("2 ** -1", 0.5),
+        ("factorial(5)", 120),
+        ("log(e)", 1.0),
+        ("10 ** 100 // 10 ** 99", 10),
+    ],
+)
 def test_calculator_computes(expression: str, value: float) -> None:
     assert evaluate(expression) == value
 
 
-@pytest.mark.parametrize(("expression", "code", "says"), [
-    ("__import__('os').system('id')", "invalid_args", "not allowed"),
-    ("open('/etc/passwd')", "invalid_args", "not allowed"),
-    ("(1).__class__", "invalid_args", "not allowed"),
-    ("[x for x in range(10)]", "invalid_args", "not allowed"),
-    ("'a' * 3", "invalid_args", "not allowed"),
-    ("1 / 0", "invalid_args", "division by zero"),
-    ("9 ** 9 ** 9", "too_large", "bits"),
-    ("10.0 ** 400", "invalid_args", "cannot compute"),
-    ("factorial(10 ** 6)", "invalid_args", "factorial"),
-    ("1 +", "invalid_args", "not an arithmetic expression"),
-    ("+".join(["1"] * 300), "too_large", "too long"),
-    ("True + 1", "invalid_args", "not allowed"),
-])
+@pytest.mark.parametrize(
+    ("expression", "code", "says"),
+    [
+        ("__import__('os').system('id')", "invalid_args", "not allowed"),
+        ("open('/etc/passwd')", "invalid_args", "not allowed"),
+        ("(1).__class__", "invalid_args", "not allowed"),
+        ("[x for x in range(10)]", "invalid_args", "not allowed"),
+        ("'a' * 3", "invalid_args", "not allowed"),
+        ("1 / 0", "invalid_args", "division by zero"),
+        ("9 ** 9 ** 9", "too_large", "bits"),
+        ("10.0 ** 400", "invalid_args", "cannot compute"),
+        ("factorial(10 ** 6)", "invalid_args", "factorial"),
+        ("1 +", "invalid_args", "not an arithmetic expression"),
+        ("+".join(["1"] * 300), "too_large", "too long"),
+        ("True + 1", "invalid_args", "not allowed"),
+    ],
+)
 def test_calculator_refuses_what_is_not_arithmetic(expression: str, code: str, says: str) -> None:
     with pytest.raises(ToolError) as err:
         evaluate(expression)
@@ -107,8 +127,12 @@ def test_registry_checks_arguments_against_the_schema() -> None:
 
 
 def _tool(**overrides: Any) -> Tool:
-    fields: dict[str, Any] = {"name": "good", "description": "d", "parameters": {"type": "object"},
-                              "run": lambda args, ctx: None}
+    fields: dict[str, Any] = {
+        "name": "good",
+        "description": "d",
+        "parameters": {"type": "object"},
+        "run": lambda args, ctx: None,
+    }
     return Tool(**{**fields, **overrides})
 
 
@@ -121,15 +145,30 @@ NO_TOOL = object()
 
 def test_registry_skips_invalid_declarations() -> None:
     here = __name__
-    registry = ToolRegistry([
-        ("good", f"{here}:GOOD"), ("good", f"{here}:GOOD"), ("bad_schema", f"{here}:BAD_SCHEMA"),
-        ("not_object", f"{here}:NOT_OBJECT"), ("slow", f"{here}:SLOW"), ("other", f"{here}:GOOD"),
-        ("thing", f"{here}:NO_TOOL"), ("gone", "no_such_module:X"), ("Bad-Name", f"{here}:GOOD"),
-    ])
+    registry = ToolRegistry(
+        [
+            ("good", f"{here}:GOOD"),
+            ("good", f"{here}:GOOD"),
+            ("bad_schema", f"{here}:BAD_SCHEMA"),
+            ("not_object", f"{here}:NOT_OBJECT"),
+            ("slow", f"{here}:SLOW"),
+            ("other", f"{here}:GOOD"),
+            ("thing", f"{here}:NO_TOOL"),
+            ("gone", "no_such_module:X"),
+            ("Bad-Name", f"{here}:GOOD"),
+        ]
+    )
     assert list(registry.tools) == ["good"]
     problems = "\n".join(registry.errors)
-    for says in ("already taken", "not a valid JSON Schema", "type 'object'", "timeout <= max_timeout",
-                 "declared as 'good'", "not an aiosd.sdk.toolkit.Tool", "cannot be imported"):
+    for says in (
+        "already taken",
+        "not a valid JSON Schema",
+        "type 'object'",
+        "timeout <= max_timeout",
+        "declared as 'good'",
+        "not an aiosd.sdk.toolkit.Tool",
+        "cannot be imported",
+    ):
         assert says in problems, says
     assert len(registry.errors) == 8
 
@@ -158,8 +197,14 @@ def test_policy_tools_default_to_the_safe_builtins_and_validate() -> None:
 
 
 def _job(entry: str, name: str, args: dict[str, Any], **limits: Any) -> Job:
-    return Job(entry=entry, name=name, args=args, agent="agent-a", call_id="c1",
-               limits=Limits(**{"timeout": 5.0, "memory_mb": 256, "cpu_seconds": 10, **limits}))
+    return Job(
+        entry=entry,
+        name=name,
+        args=args,
+        agent="agent-a",
+        call_id="c1",
+        limits=Limits(**{"timeout": 5.0, "memory_mb": 256, "cpu_seconds": 10, **limits}),
+    )
 
 
 def _fail(job: Job) -> ToolFailure:
@@ -169,8 +214,9 @@ def _fail(job: Job) -> ToolFailure:
 
 
 def test_sandbox_runs_a_builtin_in_a_child() -> None:
-    done = asyncio.run(run_job(_job("aiosd.workers.stdtools:REGEX", "regex",
-                                    {"pattern": r"\d+", "text": "a1b22", "mode": "findall"})))
+    done = asyncio.run(
+        run_job(_job("aiosd.workers.stdtools:REGEX", "regex", {"pattern": r"\d+", "text": "a1b22", "mode": "findall"}))
+    )
     assert [m["match"] for m in done.value["matches"]] == ["1", "22"] and done.duration_ms > 0
 
 
@@ -205,8 +251,9 @@ def test_sandbox_serves_kernel_calls_for_the_calling_agent_only() -> None:
             raise ToolFailure(ErrorCode.NOT_FOUND, "no file /missing")
         return {"path": params["path"], "version": 3, "content_type": "text/plain", "data": "aGVsbG8gd29ybGQ="}
 
-    done = asyncio.run(run_job(_job("aiosd.workers.stdtools:READ_FILE", "read_file", {"path": "/a.txt", "offset": 6}),
-                               serve))
+    done = asyncio.run(
+        run_job(_job("aiosd.workers.stdtools:READ_FILE", "read_file", {"path": "/a.txt", "offset": 6}), serve)
+    )
     assert done.value["content"] == "world" and done.value["version"] == 3 and done.value["size"] == 11
     assert asked == [("agent-a", "storage.read", {"path": "/a.txt", "version": None})]
     with pytest.raises(ToolFailure) as err:
@@ -216,15 +263,20 @@ def test_sandbox_serves_kernel_calls_for_the_calling_agent_only() -> None:
 
 def test_runner_checks_the_lease_and_caps_the_timeout(test_tools: None, tmp_path: Path) -> None:
     settings = Settings(worker_id="t1", tool_timeout=8.0, tool_scratch_dir=str(tmp_path))
-    registry = ToolRegistry({**BUILTINS, "test_sleep": "aiosd_test_tools:SLEEP", "test_launch": "aiosd_test_tools:LAUNCH"})
+    registry = ToolRegistry(
+        {**BUILTINS, "test_sleep": "aiosd_test_tools:SLEEP", "test_launch": "aiosd_test_tools:LAUNCH"}
+    )
     engine = ToolEngine(tools_config(settings), settings, registry)
     assert (engine.config.worker_id, engine.config.backend, engine.config.capacity) == ("t1", "tools", 4)
 
     job = engine.job(_lease({"name": "test_sleep", "args": {"seconds": 1}, "timeout": 50}))
     assert job.limits.timeout == 8.0 and job.agent == "agent-a"  # capped by tool_timeout
     assert engine.job(_lease({"name": "calculator", "args": {"expression": "1"}})).limits.timeout == 5.0
-    for args, says in [({"name": "calculator", "args": {}}, "required"), ({"name": "zzz"}, "unknown tool"),
-                       ({"nome": "x"}, "invalid tool.call arguments")]:
+    for args, says in [
+        ({"name": "calculator", "args": {}}, "required"),
+        ({"name": "zzz"}, "unknown tool"),
+        ({"nome": "x"}, "invalid tool.call arguments"),
+    ]:
         with pytest.raises(ToolFailure, match=says):
             engine.job(_lease(args))
 
@@ -241,5 +293,12 @@ def test_runner_checks_the_lease_and_caps_the_timeout(test_tools: None, tmp_path
 
 
 def _lease(args: dict[str, Any]) -> Lease:
-    return Lease(lease_id="l1", key="agent-a/c1", agent="agent-a", call_id="c1", syscall="tool.call", args=args,
-                 expires_at=datetime.now(UTC) + timedelta(seconds=30))
+    return Lease(
+        lease_id="l1",
+        key="agent-a/c1",
+        agent="agent-a",
+        call_id="c1",
+        syscall="tool.call",
+        args=args,
+        expires_at=datetime.now(UTC) + timedelta(seconds=30),
+    )

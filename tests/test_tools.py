@@ -39,10 +39,16 @@ def tool_scheduler(shared_world: World, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture(scope="module")
-def runner(shared_world: World, tool_scheduler: SchedulerProcess,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[ToolsProcess]:
-    proc = ToolsProcess(shared_world, tmp_path_factory.mktemp("tools"), heartbeat_interval="0.5",
-                        tools_capacity="3", tool_memory_mb="256").start()
+def runner(
+    shared_world: World, tool_scheduler: SchedulerProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ToolsProcess]:
+    proc = ToolsProcess(
+        shared_world,
+        tmp_path_factory.mktemp("tools"),
+        heartbeat_interval="0.5",
+        tools_capacity="3",
+        tool_memory_mb="256",
+    ).start()
     yield proc
     proc.stop()
 
@@ -85,8 +91,10 @@ def test_valid_calls_return_their_results(client: Client) -> None:
     assert reply.result["name"] == "calculator" and reply.result["result"]["value"] == 102.0
     assert reply.result["duration_ms"] > 0 and reply.timings.run_ms >= reply.result["duration_ms"]
 
-    found = client.call("tool.call", {"name": "regex", "args": {"pattern": r"(\w+)@(\w+)\.org",
-                                                              "text": "ann@example.org, bob@test.org"}})
+    found = client.call(
+        "tool.call",
+        {"name": "regex", "args": {"pattern": r"(\w+)@(\w+)\.org", "text": "ann@example.org, bob@test.org"}},
+    )
     assert [m["groups"] for m in found["result"]["matches"]] == [["ann", "example"], ["bob", "test"]]
 
     data = {"items": [{"name": "a", "price": 3}, {"name": "b", "price": 5}]}
@@ -98,7 +106,9 @@ def test_valid_calls_return_their_results(client: Client) -> None:
     assert "calculator" in {t.name for t in client.tools.list().tools}
 
 
-def test_invalid_arguments_are_refused_before_anything_runs(shared_world: World, client: Client, tmp_path: Path) -> None:
+def test_invalid_arguments_are_refused_before_anything_runs(
+    shared_world: World, client: Client, tmp_path: Path
+) -> None:
     marker = tmp_path / "marker"
     bad = tool(client, "test_marker", {"marker": str(marker), "count": "many"})
     status, code, message = error_of(bad)
@@ -120,7 +130,9 @@ def test_invalid_arguments_are_refused_before_anything_runs(shared_world: World,
     assert marker.read_text() == "2"  # the same call with valid arguments does run
 
 
-def test_a_call_runs_in_a_private_scratch_directory_without_the_daemons_environment(client: Client, tmp_path: Path) -> None:
+def test_a_call_runs_in_a_private_scratch_directory_without_the_daemons_environment(
+    client: Client, tmp_path: Path
+) -> None:
     reply = tool(client, "test_marker", {"marker": str(tmp_path / "m"), "count": 1})
     result = reply.result["result"]
     assert Path(result["cwd"]).name.startswith("aiosd-tool-test_marker-")
@@ -218,7 +230,9 @@ def test_read_file_reads_only_the_callers_own_storage(registry: AgentRegistry) -
         assert (got["content"], got["version"], got["encoding"]) == ("buy milk\ncall ann", 2, "utf-8")
         old = owner.call("tool.call", {"name": "read_file", "args": {"path": "/notes/todo.txt", "version": 1}})
         assert old["result"]["content"] == "first"
-        window = owner.call("tool.call", {"name": "read_file", "args": {"path": "/notes/todo.txt", "offset": 4, "limit": 4}})
+        window = owner.call(
+            "tool.call", {"name": "read_file", "args": {"path": "/notes/todo.txt", "offset": 4, "limit": 4}}
+        )
         assert window["result"]["content"] == "milk" and window["result"]["truncated"] is True
         picked = owner.call("tool.call", {"name": "json_query", "args": {"file": "/data.json", "query": "$.xs[-1]"}})
         assert picked["result"]["matches"] == [3]
@@ -258,12 +272,18 @@ def test_a_lost_runner_reruns_reversible_calls_but_never_an_irreversible_one(wor
     agent = RawAgent(world.amqp_url())
     marker = tmp_path / "rocket"
     try:
-        launch = agent.publish(json.dumps({"syscall": "tool.call", "args": {
-            "name": "test_launch", "args": {"marker": str(marker), "seconds": 4}}}).encode(), routing_key="tool.call")
+        launch = agent.publish(
+            json.dumps(
+                {"syscall": "tool.call", "args": {"name": "test_launch", "args": {"marker": str(marker), "seconds": 4}}}
+            ).encode(),
+            routing_key="tool.call",
+        )
         assert agent.wait(launch)["status"] == "pending"
         assert AgentRegistry(world).cli("approve", launch).returncode == 0
-        nap = agent.publish(json.dumps({"syscall": "tool.call", "args": {
-            "name": "test_sleep", "args": {"seconds": 4}}}).encode(), routing_key="tool.call")
+        nap = agent.publish(
+            json.dumps({"syscall": "tool.call", "args": {"name": "test_sleep", "args": {"seconds": 4}}}).encode(),
+            routing_key="tool.call",
+        )
         wait_until(lambda: sum(e.get("event") == "lease_started" for e in first.events()) == 2)
         assert first.proc is not None
         first.proc.kill()  # SIGKILL: no goodbye, no outcome; its children die with it

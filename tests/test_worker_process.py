@@ -47,8 +47,15 @@ class Desk:
 
     def lease(self, worker_id: str, args: dict[str, Any], *, expires_in: float = 60.0, **fields: Any) -> Lease:
         lease_id = uuid.uuid4().hex
-        lease = Lease(lease_id=lease_id, key=f"agent/{lease_id}", agent="agent", call_id=lease_id, args=args,
-                      expires_at=utcnow() + timedelta(seconds=expires_in), **fields)
+        lease = Lease(
+            lease_id=lease_id,
+            key=f"agent/{lease_id}",
+            agent="agent",
+            call_id=lease_id,
+            args=args,
+            expires_at=utcnow() + timedelta(seconds=expires_in),
+            **fields,
+        )
         self.publish(worker_id, encode(lease))
         return lease
 
@@ -286,8 +293,9 @@ def test_connection_loss_mid_call_keeps_the_result_and_serving(
 def _check(world: World, *args: str) -> subprocess.CompletedProcess[str]:
     # Fresh means "within 3 heartbeat intervals": 20 s intervals keep "fresh" fresh on a loaded machine.
     env = world.env(AIOSD_HEARTBEAT_INTERVAL="20")
-    return subprocess.run(aiosd_command("worker", "--check", *args), env=env, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(
+        aiosd_command("worker", "--check", *args), env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_check_reads_the_registration(world: World) -> None:
@@ -308,4 +316,3 @@ def test_check_reads_the_registration(world: World) -> None:
 def test_check_needs_a_worker_id(world: World) -> None:
     result = _check(world)
     assert result.returncode == 1 and "worker id" in result.stderr
-

@@ -58,10 +58,17 @@ def test_sglang_connects_to_a_url_or_launches_a_model(tmp_path: Path) -> None:
     assert remote.launch is None and remote.capacity == 5
     assert remote.options == {"url": "http://gpu:30000", "chat_template": None}
 
-    launched = worker_config(_settings(
-        backend="sglang", model_path=str(tmp_path), sglang_port=30001, sglang_mem_fraction=0.8,
-        sglang_max_running_requests=48, sglang_schedule_policy="lpm", sglang_args=["--tp", "2"],
-    ))
+    launched = worker_config(
+        _settings(
+            backend="sglang",
+            model_path=str(tmp_path),
+            sglang_port=30001,
+            sglang_mem_fraction=0.8,
+            sglang_max_running_requests=48,
+            sglang_schedule_policy="lpm",
+            sglang_args=["--tp", "2"],
+        )
+    )
     assert launched.launch is not None and launched.capacity == 48  # what the server admits
     assert launched.options == {"url": "http://127.0.0.1:30001", "chat_template": str(tmp_path)}
     command = launched.launch.command()
@@ -93,8 +100,14 @@ def test_chat_request_carries_every_argument_and_the_snapshot() -> None:
             {"role": "assistant", "content": None, "tool_calls": [call]},
             {"role": "tool", "content": "42", "tool_call_id": "call_1"},
         ],
-        "model": "m", "max_tokens": 9, "temperature": 0.5, "top_p": 0.9, "stop": ["\n"], "seed": 7,
-        "response_format": {"type": "object"}, "tools": [tool],
+        "model": "m",
+        "max_tokens": 9,
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "stop": ["\n"],
+        "seed": 7,
+        "response_format": {"type": "object"},
+        "tools": [tool],
     }
     request = chat_request(_lease(args, resume=Snapshot(token_ids=[1, 2], text="ab")))
     assert (request.model, request.max_tokens, request.temperature, request.top_p) == ("m", 9, 0.5, 0.9)
@@ -105,8 +118,14 @@ def test_chat_request_carries_every_argument_and_the_snapshot() -> None:
     assert request.resume is not None and request.resume.token_ids == (1, 2) and request.resume.text == "ab"
 
 
-@pytest.mark.parametrize("args", [{}, {"messages": [{"role": "robot", "content": "x"}]},
-                                  {"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}])
+@pytest.mark.parametrize(
+    "args",
+    [
+        {},
+        {"messages": [{"role": "robot", "content": "x"}]},
+        {"messages": [{"role": "user", "content": "x"}], "max_tokens": 0},
+    ],
+)
 def test_invalid_args_are_a_bad_request(args: dict[str, Any]) -> None:
     with pytest.raises(BackendBadRequest, match=r"invalid llm\.chat arguments"):
         chat_request(_lease(args))

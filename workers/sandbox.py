@@ -81,21 +81,38 @@ async def run_job(job: Job, serve: Serve | None = None, scratch_root: str | None
     scratch = tempfile.mkdtemp(prefix=f"aiosd-tool-{job.name}-", dir=scratch_root)
     started = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-P", "-m", "aiosd.workers.toolchild",
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        cwd=scratch, env=child_env(scratch), start_new_session=True, limit=MAX_RESULT_BYTES,
+        sys.executable,
+        "-P",
+        "-m",
+        "aiosd.workers.toolchild",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=scratch,
+        env=child_env(scratch),
+        start_new_session=True,
+        limit=MAX_RESULT_BYTES,
     )
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
     tail = asyncio.ensure_future(_tail(proc.stderr))
     try:
-        request = {"entry": job.entry, "args": job.args, "agent": job.agent, "call_id": job.call_id,
-                   "timeout": job.limits.timeout, "limits": asdict(job.limits), "parent": os.getpid()}
+        request = {
+            "entry": job.entry,
+            "args": job.args,
+            "agent": job.agent,
+            "call_id": job.call_id,
+            "timeout": job.limits.timeout,
+            "limits": asdict(job.limits),
+            "parent": os.getpid(),
+        }
         proc.stdin.write(json.dumps(request).encode() + b"\n")
         try:
             value = await asyncio.wait_for(_attempt(proc, job, serve, tail), job.limits.timeout)
         except TimeoutError:
-            raise ToolFailure(ErrorCode.TIME_LIMIT_EXCEEDED,
-                              f"{job.name} ran longer than its timeout of {job.limits.timeout:g}s and was killed") from None
+            raise ToolFailure(
+                ErrorCode.TIME_LIMIT_EXCEEDED,
+                f"{job.name} ran longer than its timeout of {job.limits.timeout:g}s and was killed",
+            ) from None
         return Done(value, round((time.monotonic() - started) * 1000.0, 3))
     finally:
         kill_group(proc.pid)
@@ -107,8 +124,14 @@ async def run_job(job: Job, serve: Serve | None = None, scratch_root: str | None
 
 def child_env(scratch: str) -> dict[str, str]:
     """The child's whole environment: nothing of the parent's but the Python path."""
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": scratch, "TMPDIR": scratch, "LANG": "C.UTF-8",
-           "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": scratch,
+        "TMPDIR": scratch,
+        "LANG": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
     if os.environ.get("PYTHONPATH"):
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     return env
@@ -170,8 +193,16 @@ async def _kernel_call(job: Job, serve: Serve | None, service: str, params: dict
 
 
 #: The codes a child may report (anything else becomes ``tool_failed``).
-CHILD_CODES = frozenset({ErrorCode.TOOL_FAILED, ErrorCode.INVALID_ARGS, ErrorCode.NOT_FOUND, ErrorCode.TOO_LARGE,
-                         ErrorCode.UNAVAILABLE, ErrorCode.RESOURCE_LIMIT_EXCEEDED})
+CHILD_CODES = frozenset(
+    {
+        ErrorCode.TOOL_FAILED,
+        ErrorCode.INVALID_ARGS,
+        ErrorCode.NOT_FOUND,
+        ErrorCode.TOO_LARGE,
+        ErrorCode.UNAVAILABLE,
+        ErrorCode.RESOURCE_LIMIT_EXCEEDED,
+    }
+)
 
 
 def _code(value: Any) -> ErrorCode:
@@ -188,17 +219,27 @@ def _ended(job: Job, returncode: int, stderr: str) -> ToolFailure:
     if returncode < 0:
         sig = signal.Signals(-returncode)
         if sig == signal.SIGXCPU:
-            return ToolFailure(ErrorCode.TIME_LIMIT_EXCEEDED, f"{job.name} used its {limits.cpu_seconds}s of CPU time and was killed")
+            return ToolFailure(
+                ErrorCode.TIME_LIMIT_EXCEEDED, f"{job.name} used its {limits.cpu_seconds}s of CPU time and was killed"
+            )
         if sig == signal.SIGXFSZ:
-            return ToolFailure(ErrorCode.RESOURCE_LIMIT_EXCEEDED, f"{job.name} wrote a file larger than {limits.file_mb} MiB")
+            return ToolFailure(
+                ErrorCode.RESOURCE_LIMIT_EXCEEDED, f"{job.name} wrote a file larger than {limits.file_mb} MiB"
+            )
         if sig in (signal.SIGKILL, signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT):
-            return ToolFailure(ErrorCode.RESOURCE_LIMIT_EXCEEDED,
-                               f"{job.name} was killed by {sig.name} (usually its memory limit of {limits.memory_mb} MiB)")
+            return ToolFailure(
+                ErrorCode.RESOURCE_LIMIT_EXCEEDED,
+                f"{job.name} was killed by {sig.name} (usually its memory limit of {limits.memory_mb} MiB)",
+            )
         return ToolFailure(ErrorCode.TOOL_FAILED, f"{job.name} was killed by {sig.name}")
     if "MemoryError" in stderr:
-        return ToolFailure(ErrorCode.RESOURCE_LIMIT_EXCEEDED, f"{job.name} ran out of memory (limit {limits.memory_mb} MiB)")
+        return ToolFailure(
+            ErrorCode.RESOURCE_LIMIT_EXCEEDED, f"{job.name} ran out of memory (limit {limits.memory_mb} MiB)"
+        )
     last = stderr.strip().splitlines()[-1:] or ["no output"]
-    return ToolFailure(ErrorCode.TOOL_FAILED, f"{job.name} exited with status {returncode} without a result: {last[0][:300]}")
+    return ToolFailure(
+        ErrorCode.TOOL_FAILED, f"{job.name} exited with status {returncode} without a result: {last[0][:300]}"
+    )
 
 
 async def _tail(stream: asyncio.StreamReader) -> str:

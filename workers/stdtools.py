@@ -26,8 +26,12 @@ MAX_NODES = 200
 MAX_BITS = 10_000
 
 _BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
 }
 _UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 _CONSTANTS = {"pi": math.pi, "e": math.e, "tau": math.tau}
@@ -40,10 +44,28 @@ def _factorial(n: Any) -> int:
 
 
 _FUNCTIONS: dict[str, Callable[..., Any]] = {
-    "abs": abs, "round": round, "min": min, "max": max, "sqrt": math.sqrt, "exp": math.exp, "log": math.log,
-    "log2": math.log2, "log10": math.log10, "sin": math.sin, "cos": math.cos, "tan": math.tan, "asin": math.asin,
-    "acos": math.acos, "atan": math.atan, "atan2": math.atan2, "hypot": math.hypot, "floor": math.floor,
-    "ceil": math.ceil, "degrees": math.degrees, "radians": math.radians, "factorial": _factorial,
+    "abs": abs,
+    "round": round,
+    "min": min,
+    "max": max,
+    "sqrt": math.sqrt,
+    "exp": math.exp,
+    "log": math.log,
+    "log2": math.log2,
+    "log10": math.log10,
+    "sin": math.sin,
+    "cos": math.cos,
+    "tan": math.tan,
+    "asin": math.asin,
+    "acos": math.acos,
+    "atan": math.atan,
+    "atan2": math.atan2,
+    "hypot": math.hypot,
+    "floor": math.floor,
+    "ceil": math.ceil,
+    "degrees": math.degrees,
+    "radians": math.radians,
+    "factorial": _factorial,
 }
 
 
@@ -91,7 +113,12 @@ def _eval(node: ast.expr) -> Any:
         return _UNARY[type(node.op)](_eval(node.operand))
     if isinstance(node, ast.Name) and node.id in _CONSTANTS:
         return _CONSTANTS[node.id]
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCTIONS and not node.keywords:
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in _FUNCTIONS
+        and not node.keywords
+    ):
         return _FUNCTIONS[node.func.id](*(_eval(a) for a in node.args))
     shown = ast.unparse(node)[:40]
     raise ToolError(f"not allowed in an expression: {shown!r}", "invalid_args")
@@ -109,8 +136,14 @@ CALCULATOR = Tool(
     ),
     parameters={
         "type": "object",
-        "properties": {"expression": {"type": "string", "minLength": 1, "maxLength": MAX_EXPRESSION,
-                                      "description": "e.g. (2 + 3) * sqrt(16) / 2**3"}},
+        "properties": {
+            "expression": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_EXPRESSION,
+                "description": "e.g. (2 + 3) * sqrt(16) / 2**3",
+            }
+        },
         "required": ["expression"],
         "additionalProperties": False,
     },
@@ -146,7 +179,7 @@ def parse_path(path: str) -> list[Step]:
     while pos < len(text):
         m = _STEP.match(text, pos)
         if m is None:
-            raise ToolError(f"cannot read the query at {text[pos:pos + 20]!r}", "invalid_args")
+            raise ToolError(f"cannot read the query at {text[pos : pos + 20]!r}", "invalid_args")
         pos = m.end()
         g = m.groupdict()
         if g["deep"] is not None:
@@ -178,7 +211,7 @@ def _step(value: Any, kind: str, arg: Any) -> Iterator[Any]:
     elif kind == "index" and isinstance(value, list) and -len(value) <= arg < len(value):
         yield value[arg]
     elif kind == "slice" and isinstance(value, list):
-        yield from value[arg[0]:arg[1]]
+        yield from value[arg[0] : arg[1]]
     elif kind == "all":
         yield from _children(value)
     elif kind == "deep":
@@ -248,8 +281,7 @@ _FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL, "x": re.VERBOSE
 
 
 def _match(m: re.Match[str]) -> dict[str, Any]:
-    return {"match": m.group(0), "start": m.start(), "end": m.end(), "groups": list(m.groups()),
-            "named": m.groupdict()}
+    return {"match": m.group(0), "start": m.start(), "end": m.end(), "groups": list(m.groups()), "named": m.groupdict()}
 
 
 def _regex(args: dict[str, Any], _ctx: ToolContext) -> dict[str, Any]:
@@ -312,16 +344,22 @@ REGEX = Tool(
 def _read_file(args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
     stored = ctx.read_file(args["path"], args.get("version"))
     offset, limit = int(args.get("offset", 0)), int(args.get("limit", 100_000))
-    out: dict[str, Any] = {"path": stored.path, "version": stored.version, "content_type": stored.content_type,
-                           "size": len(stored.data), "offset": offset}
+    out: dict[str, Any] = {
+        "path": stored.path,
+        "version": stored.version,
+        "content_type": stored.content_type,
+        "size": len(stored.data),
+        "offset": offset,
+    }
     try:
         text = stored.data.decode("utf-8")
     except UnicodeDecodeError:
-        chunk = stored.data[offset:offset + limit]
-        out.update(encoding="base64", content=base64.b64encode(chunk).decode(),
-                   truncated=offset + limit < len(stored.data))
+        chunk = stored.data[offset : offset + limit]
+        out.update(
+            encoding="base64", content=base64.b64encode(chunk).decode(), truncated=offset + limit < len(stored.data)
+        )
         return out
-    out.update(encoding="utf-8", content=text[offset:offset + limit], truncated=offset + limit < len(text))
+    out.update(encoding="utf-8", content=text[offset : offset + limit], truncated=offset + limit < len(text))
     return out
 
 

@@ -89,8 +89,14 @@ def run(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
         tool = resolve(job["entry"])
         if not isinstance(tool, Tool):
             return _error("tool_failed", f"{job['entry']} is not a Tool")
-        ctx = ToolContext(agent=job["agent"], call_id=job["call_id"], tool=tool.name, scratch=Path.cwd(),
-                          deadline=time.monotonic() + float(job["timeout"]), kernel=channel.kernel)
+        ctx = ToolContext(
+            agent=job["agent"],
+            call_id=job["call_id"],
+            tool=tool.name,
+            scratch=Path.cwd(),
+            deadline=time.monotonic() + float(job["timeout"]),
+            kernel=channel.kernel,
+        )
         value = tool.run(job["args"], ctx)
     except ToolError as exc:
         return _error(exc.code, exc.message)

@@ -50,7 +50,9 @@ def tools_config(settings: Settings) -> WorkerConfig:
 class ToolEngine:
     """Runs leased tool calls in child processes; a :class:`~.worker.Driver`."""
 
-    def __init__(self, config: WorkerConfig, settings: Settings, registry: ToolRegistry, serve: Serve | None = None) -> None:
+    def __init__(
+        self, config: WorkerConfig, settings: Settings, registry: ToolRegistry, serve: Serve | None = None
+    ) -> None:
         self.config = config
         self.settings = settings
         self.registry = registry
@@ -64,8 +66,13 @@ class ToolEngine:
         root = self.settings.tool_scratch_dir or tempfile.gettempdir()
         if not (os.path.isdir(root) and os.access(root, os.W_OK | os.X_OK)):
             raise ConfigError(f"tool_scratch_dir {root} is not a writable directory")
-        log.info("tools_started", tools=sorted(self.registry.tools), scratch=root,
-                 memory_mb=self.settings.tool_memory_mb, cpu_seconds=self.settings.tool_cpu_seconds)
+        log.info(
+            "tools_started",
+            tools=sorted(self.registry.tools),
+            scratch=root,
+            memory_mb=self.settings.tool_memory_mb,
+            cpu_seconds=self.settings.tool_cpu_seconds,
+        )
         return self.info
 
     async def run(self, lease: Lease) -> Outcome:
@@ -78,16 +85,21 @@ class ToolEngine:
                 self._running -= 1
 
     async def _run(self, lease: Lease) -> Outcome:
-        base: dict[str, Any] = {"worker_id": self.config.worker_id, "lease_id": lease.lease_id, "key": lease.key,
-                                "model": BACKEND}
+        base: dict[str, Any] = {
+            "worker_id": self.config.worker_id,
+            "lease_id": lease.lease_id,
+            "key": lease.key,
+            "model": BACKEND,
+        }
         started = time.monotonic()
         try:
             job = self.job(lease)
             done = await run_job(job, self.serve, self.settings.tool_scratch_dir)
         except ToolFailure as exc:
             log.warning("tool_failed", lease_id=lease.lease_id, key=lease.key, code=exc.code.value, error=exc.message)
-            return Outcome(**base, status="error", error_code=exc.code, error_message=exc.message,
-                           run_ms=_ms_since(started))
+            return Outcome(
+                **base, status="error", error_code=exc.code, error_message=exc.message, run_ms=_ms_since(started)
+            )
         result = ToolCallResult(name=job.name, result=done.value, duration_ms=done.duration_ms)
         return Outcome(**base, status="done", result=result.model_dump(mode="json"), run_ms=_ms_since(started))
 
@@ -98,30 +110,43 @@ class ToolEngine:
         try:
             call = ToolCallArgs.model_validate(lease.args)
         except ValidationError as exc:
-            raise ToolFailure(ErrorCode.INVALID_ARGS, f"invalid tool.call arguments: {describe_validation(exc)}") from exc
+            raise ToolFailure(
+                ErrorCode.INVALID_ARGS, f"invalid tool.call arguments: {describe_validation(exc)}"
+            ) from exc
         problem = self.registry.check(call)
         found = self.registry.get(call.name)
         if problem is not None or found is None:
             raise ToolFailure(ErrorCode.INVALID_ARGS, problem or f"unknown tool {call.name!r}")
         tool = found.tool
         timeout = min(call.timeout or tool.timeout, tool.max_timeout, self.settings.tool_timeout)
-        limits = Limits(timeout=timeout, memory_mb=self.settings.tool_memory_mb, cpu_seconds=self.settings.tool_cpu_seconds)
-        return Job(entry=found.entry, name=call.name, args=call.args, agent=lease.agent, call_id=lease.call_id,
-                   limits=limits)
+        limits = Limits(
+            timeout=timeout, memory_mb=self.settings.tool_memory_mb, cpu_seconds=self.settings.tool_cpu_seconds
+        )
+        return Job(
+            entry=found.entry, name=call.name, args=call.args, agent=lease.agent, call_id=lease.call_id, limits=limits
+        )
 
     def interrupted(self, lease: Lease, worker_id: str, reason: str) -> Outcome:
         """A call cut off by a stop: handed back, unless its tool is irreversible (it may have acted)."""
         name = str(lease.args.get("name", ""))
         if not self.registry.irreversible(name):
             return released_outcome(lease, worker_id, reason)
-        return Outcome(worker_id=worker_id, lease_id=lease.lease_id, key=lease.key, status="error",
-                       error_code=ErrorCode.UNAVAILABLE, retryable=False,
-                       error_message=f"{reason}: the irreversible tool {name} was interrupted and is not retried "
-                                     "(it may have had effects)")
+        return Outcome(
+            worker_id=worker_id,
+            lease_id=lease.lease_id,
+            key=lease.key,
+            status="error",
+            error_code=ErrorCode.UNAVAILABLE,
+            retryable=False,
+            error_message=f"{reason}: the irreversible tool {name} was interrupted and is not retried "
+            "(it may have had effects)",
+        )
 
     async def probe(self, timeout: float) -> Probe:
         """Always healthy while the process runs; reports the calls in flight."""
-        return Probe(healthy=True, metrics={"in_flight": float(self._running), "tools": float(len(self.registry.tools))})
+        return Probe(
+            healthy=True, metrics={"in_flight": float(self._running), "tools": float(len(self.registry.tools))}
+        )
 
     async def close(self) -> None:
         """Nothing to close: every child is killed when its call ends or is cancelled."""

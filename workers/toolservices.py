@@ -36,5 +36,9 @@ class KernelServices:
         if not isinstance(path, str) or not (version is None or isinstance(version, int)):
             raise ToolFailure(ErrorCode.INVALID_ARGS, "storage.read needs a path and an optional integer version")
         got = await asyncio.to_thread(self.storage.read, agent, path, version)
-        return {"path": got.path, "version": got.version, "content_type": got.content_type,
-                "data": base64.b64encode(got.data).decode()}
+        return {
+            "path": got.path,
+            "version": got.version,
+            "content_type": got.content_type,
+            "data": base64.b64encode(got.data).decode(),
+        }

@@ -95,7 +95,10 @@ class Meter:
             return [rate] if n == 1 else self._one_by_one(agent, policy, syscalls)
         period = period_window(agent, policy.quota_period)
         doc = self._counters.reserve(
-            period.key, period_amounts(requests=n), {"requests": policy.requests_per_period}, _extra(agent, "period", period)
+            period.key,
+            period_amounts(requests=n),
+            {"requests": policy.requests_per_period},
+            _extra(agent, "period", period),
         )
         if doc is None:
             self._give_back(rate, None, n)
@@ -106,7 +109,10 @@ class Meter:
         quota = policy.tokens_per_period
         over = quota is not None and _tokens(doc) >= quota
         out: list[Refusal | None] = [
-            (ErrorCode.QUOTA_EXCEEDED, f"token quota of {quota} per {policy.quota_period} is used up ({_tokens(doc)} used)")
+            (
+                ErrorCode.QUOTA_EXCEEDED,
+                f"token quota of {quota} per {policy.quota_period} is used up ({_tokens(doc)} used)",
+            )
             if over and served_by(s) == "llm"
             else None
             for s in syscalls
@@ -123,8 +129,12 @@ class Meter:
         """Add the tokens of ``calls`` LLM calls to the agent's current period."""
         standing = self._policies.standing(agent)
         period = period_window(agent, standing.policy.quota_period if standing else "day")
-        amounts = period_amounts(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-                                 cached_tokens=usage.cached_tokens, llm_calls=calls)
+        amounts = period_amounts(
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cached_tokens=usage.cached_tokens,
+            llm_calls=calls,
+        )
         self._counters.add(period.key, amounts, _extra(agent, "period", period))
 
     def _take_rate(self, agent: str, policy: Policy, n: int = 1) -> Window | Refusal | None:
@@ -132,10 +142,15 @@ class Meter:
         if limit is None:
             return None
         window = rate_window(agent, limit.seconds)
-        if self._counters.reserve(window.key, {"requests": n}, {"requests": limit.requests}, _extra(agent, "rate", window)):
+        if self._counters.reserve(
+            window.key, {"requests": n}, {"requests": limit.requests}, _extra(agent, "rate", window)
+        ):
             return window
         wait = max(window.expires_at.timestamp() - limit.seconds - utcnow().timestamp(), 0.0)
-        return ErrorCode.RATE_LIMITED, f"rate limit of {limit.requests} requests per {limit.seconds}s reached; retry in {wait:.1f}s"
+        return (
+            ErrorCode.RATE_LIMITED,
+            f"rate limit of {limit.requests} requests per {limit.seconds}s reached; retry in {wait:.1f}s",
+        )
 
     def _give_back(self, rate: Window | None, period: Window | None, n: int = 1) -> None:
         # A refused request does not count against the limits it passed.
@@ -224,7 +239,10 @@ class PolicyAuthorizer:
 def refusal_of(agent: str, standing: Standing | None, syscall: str, args: BaseModel | None) -> Refusal | None:
     """The checks that count nothing: registered, enabled, syscall and model allowed."""
     if standing is None:
-        return ErrorCode.DENIED, f"agent {agent!r} has no policy (deny by default): register it with `aiosd agents add {agent}`"
+        return (
+            ErrorCode.DENIED,
+            f"agent {agent!r} has no policy (deny by default): register it with `aiosd agents add {agent}`",
+        )
     if standing.disabled:
         return ErrorCode.DENIED, f"agent {agent!r} is disabled"
     policy = standing.policy
@@ -233,11 +251,17 @@ def refusal_of(agent: str, standing: Standing | None, syscall: str, args: BaseMo
         return ErrorCode.DENIED, f"the policy of {agent!r} does not allow {syscall} (allowed: {allowed})"
     tool = getattr(args, "name", None) if served_by(syscall) == "tools" else None
     if tool is not None and not policy.allows_tool(tool):
-        return ErrorCode.DENIED, f"the policy of {agent!r} does not allow tool {tool!r}; allowed: {', '.join(policy.tools) or 'none'}"
+        return (
+            ErrorCode.DENIED,
+            f"the policy of {agent!r} does not allow tool {tool!r}; allowed: {', '.join(policy.tools) or 'none'}",
+        )
     model = getattr(args, "model", None)
     if served_by(syscall) == "llm" and not policy.allows_model(model):
         which = f"model {model!r}" if model else "an unnamed model (name one in args.model)"
-        return ErrorCode.DENIED, f"the policy of {agent!r} does not allow {which}; allowed: {', '.join(policy.models) or 'none'}"
+        return (
+            ErrorCode.DENIED,
+            f"the policy of {agent!r} does not allow {which}; allowed: {', '.join(policy.models) or 'none'}",
+        )
     return None
 
 

@@ -82,8 +82,15 @@ class Directory:
     def create(self, name: str, policy: Policy, external: bool) -> None:
         """Register ``name``; raise :class:`AgentExists` if it is registered already."""
         now = utcnow()
-        doc = {"_id": name, "policy": policy.model_dump(mode="json"), "disabled": False, "external": external,
-               "rev": uuid.uuid4().hex, "created_at": now, "updated_at": now}
+        doc = {
+            "_id": name,
+            "policy": policy.model_dump(mode="json"),
+            "disabled": False,
+            "external": external,
+            "rev": uuid.uuid4().hex,
+            "created_at": now,
+            "updated_at": now,
+        }
         try:
             self._col.insert_one(doc)
         except DuplicateKeyError as exc:
@@ -101,5 +108,3 @@ class Directory:
         """Forget the agent's document."""
         self._col.delete_one({"_id": name})
         self._bump()
-
-

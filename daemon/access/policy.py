@@ -74,11 +74,12 @@ class Policy(_Strict):
 
     syscalls: list[str] = Field(
         default_factory=lambda: ["memory.*", "llm.*", "context.*", "storage.*", "tool.*", "syscall.result"],
-        description="Allowed syscall patterns."
+        description="Allowed syscall patterns.",
     )
     models: list[str] = Field(default_factory=lambda: ["*"], description="Allowed model patterns for llm.* calls.")
     tools: list[str] = Field(
-        default_factory=lambda: list(SAFE_TOOLS), description="Tool name patterns tool.call may run (built-ins by default)."
+        default_factory=lambda: list(SAFE_TOOLS),
+        description="Tool name patterns tool.call may run (built-ins by default).",
     )
     max_priority: int = Field(default=5, ge=0, le=MAX_PRIORITY, description="Higher priorities are clamped to this.")
     quota_period: Period = Field(default="day", description="Period of the token and request quotas (UTC).")
@@ -89,7 +90,9 @@ class Policy(_Strict):
     memory_notes: int | None = Field(default=10_000, ge=0, description="Live memory notes.")
     memory_bytes: int | None = Field(default=64 * 2**20, ge=0, description="UTF-8 bytes of live note contents.")
     storage_bytes: int | None = Field(default=2**30, ge=0, description="Bytes of every kept version of every file.")
-    storage_versions: int = Field(default=10, ge=1, le=1000, description="Versions kept per file; older ones are pruned.")
+    storage_versions: int = Field(
+        default=10, ge=1, le=1000, description="Versions kept per file; older ones are pruned."
+    )
     storage_file_bytes: int | None = Field(default=16 * 2**20, ge=0, description="Largest size of one file version.")
     groups: list[str] = Field(
         default_factory=list, description="Agents sharing a group read each other's memory (files: storage.share)."
@@ -118,7 +121,9 @@ class Policy(_Strict):
     def _tools(cls, patterns: list[str]) -> list[str]:
         for pattern in patterns:
             if not TOOL_PATTERN.match(pattern):
-                raise ValueError(f"tool pattern {pattern!r}: use 1-64 characters a-z, 0-9, '_' and the wildcards * ? [ ]")
+                raise ValueError(
+                    f"tool pattern {pattern!r}: use 1-64 characters a-z, 0-9, '_' and the wildcards * ? [ ]"
+                )
         return patterns
 
     @field_validator("groups")
@@ -133,8 +138,16 @@ class Policy(_Strict):
     def unrestricted(cls) -> Policy:
         """Every syscall, every model, top priority, no quota (the operator's implicit policy)."""
         return cls(
-            syscalls=["*"], max_priority=MAX_PRIORITY, tokens_per_period=None, requests_per_period=None,
-            rate_limit=None, max_concurrent_llm=None, memory_notes=None, memory_bytes=None, storage_bytes=None, tools=["*"],
+            syscalls=["*"],
+            max_priority=MAX_PRIORITY,
+            tokens_per_period=None,
+            requests_per_period=None,
+            rate_limit=None,
+            max_concurrent_llm=None,
+            memory_notes=None,
+            memory_bytes=None,
+            storage_bytes=None,
+            tools=["*"],
             storage_file_bytes=None,
         )
 

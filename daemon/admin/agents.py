@@ -22,13 +22,22 @@ from aiosd.sdk.process.options import fail, load, settings_options
 F = TypeVar("F", bound=Callable[..., Any])
 #: Policy flags: option name -> (policy field, kind); kind "limit" takes an integer or "none".
 POLICY_FLAGS: dict[str, tuple[str, str]] = {
-    "allow": ("syscalls", "list"), "model": ("models", "list"), "tool": ("tools", "list"), "group": ("groups", "list"),
-    "grant": ("grants", "grants"), "approve": ("approval_required", "list"),
-    "max_priority": ("max_priority", "int"), "period": ("quota_period", "str"),
-    "tokens": ("tokens_per_period", "limit"), "requests": ("requests_per_period", "limit"),
-    "rate": ("rate_limit", "rate"), "max_llm": ("max_concurrent_llm", "limit"),
-    "memory_notes": ("memory_notes", "limit"), "memory_bytes": ("memory_bytes", "limit"),
-    "storage_bytes": ("storage_bytes", "limit"), "storage_versions": ("storage_versions", "int"),
+    "allow": ("syscalls", "list"),
+    "model": ("models", "list"),
+    "tool": ("tools", "list"),
+    "group": ("groups", "list"),
+    "grant": ("grants", "grants"),
+    "approve": ("approval_required", "list"),
+    "max_priority": ("max_priority", "int"),
+    "period": ("quota_period", "str"),
+    "tokens": ("tokens_per_period", "limit"),
+    "requests": ("requests_per_period", "limit"),
+    "rate": ("rate_limit", "rate"),
+    "max_llm": ("max_concurrent_llm", "limit"),
+    "memory_notes": ("memory_notes", "limit"),
+    "memory_bytes": ("memory_bytes", "limit"),
+    "storage_bytes": ("storage_bytes", "limit"),
+    "storage_versions": ("storage_versions", "int"),
     "storage_file_bytes": ("storage_file_bytes", "limit"),
 }
 
@@ -37,9 +46,15 @@ def policy_options(fn: F) -> F:
     """The flags that set policy fields (each overrides the file or current policy)."""
     options = [
         click.option("--policy", "policy_file", type=click.Path(dir_okay=False), help="Policy file (YAML or JSON)."),
-        click.option("--allow", multiple=True, help="Allowed syscall pattern, e.g. 'memory.*' (repeatable; 'none' for no syscall)."),
+        click.option(
+            "--allow",
+            multiple=True,
+            help="Allowed syscall pattern, e.g. 'memory.*' (repeatable; 'none' for no syscall).",
+        ),
         click.option("--model", multiple=True, help="Allowed model pattern (repeatable; '*' for any)."),
-        click.option("--tool", multiple=True, help="Tool name pattern tool.call may run (repeatable; '*' any; 'none')."),
+        click.option(
+            "--tool", multiple=True, help="Tool name pattern tool.call may run (repeatable; '*' any; 'none')."
+        ),
         click.option("--max-priority", type=click.IntRange(0, 9), help="Higher priorities are lowered to this."),
         click.option("--period", type=click.Choice(["hour", "day", "month"]), help="Quota period."),
         click.option("--tokens", help="Tokens per period, or 'none' (unlimited)."),
@@ -53,7 +68,9 @@ def policy_options(fn: F) -> F:
         click.option("--storage-file-bytes", help="Largest size of one file version, or 'none'."),
         click.option("--group", multiple=True, help="Group membership (repeatable; 'none' for no group)."),
         click.option("--grant", multiple=True, help="Agent allowed to read this agent's memory (repeatable; 'none')."),
-        click.option("--approve", multiple=True, help="Syscall pattern that needs a human approval (repeatable; 'none')."),
+        click.option(
+            "--approve", multiple=True, help="Syscall pattern that needs a human approval (repeatable; 'none')."
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -118,7 +135,9 @@ def agents() -> None:
 @settings_options
 @click.argument("name")
 @policy_options
-@click.option("--external", is_flag=True, help="The broker user exists and is managed elsewhere: only register a policy.")
+@click.option(
+    "--external", is_flag=True, help="The broker user exists and is managed elsewhere: only register a policy."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the credentials as JSON.")
 def add(config_file: str | None, name: str, policy_file: str | None, external: bool, as_json: bool, **kw: Any) -> None:
     """Create agent NAME: a broker user with least privilege and its policy; print its credentials once."""
@@ -145,7 +164,9 @@ def list_(config_file: str | None, as_json: bool, **overrides: Any) -> None:
     for d in docs:
         state = "disabled" if d.get("disabled") else "enabled"
         p = d.get("policy") or {}
-        click.echo(f"{d['_id']:<24} {state:<9} syscalls={','.join(p.get('syscalls', []))} groups={','.join(p.get('groups', [])) or '-'}")
+        click.echo(
+            f"{d['_id']:<24} {state:<9} syscalls={','.join(p.get('syscalls', []))} groups={','.join(p.get('groups', [])) or '-'}"
+        )
     if not docs:
         click.echo("no agents (add one with `aiosd agents add NAME`)")
 
@@ -160,13 +181,19 @@ def show(config_file: str | None, name: str, as_json: bool, **overrides: Any) ->
         doc = Directory(store.db[AGENTS]).get(name)
         counters = Counters(store.db[COUNTERS]).of_agent(name)
         lifetime = store.usage.find_one({"_id": name})
-    view = {**_public(doc), "usage": [_usage(c) for c in counters if c.get("kind") != "rate"],
-            "rate": [_usage(c) for c in counters if c.get("kind") == "rate"], "lifetime_llm": _usage(lifetime or {})}
+    view = {
+        **_public(doc),
+        "usage": [_usage(c) for c in counters if c.get("kind") != "rate"],
+        "rate": [_usage(c) for c in counters if c.get("kind") == "rate"],
+        "lifetime_llm": _usage(lifetime or {}),
+    }
     if as_json:
         click.echo(json.dumps(view, indent=2, default=str))
         return
-    click.echo(f"agent    {name}  ({'disabled' if doc.get('disabled') else 'enabled'}"
-               f"{', external broker user' if doc.get('external') else ''})")
+    click.echo(
+        f"agent    {name}  ({'disabled' if doc.get('disabled') else 'enabled'}"
+        f"{', external broker user' if doc.get('external') else ''})"
+    )
     click.echo("policy:\n" + _indent(yaml.safe_dump(doc.get("policy") or {}, sort_keys=False)))
     click.echo("usage:" + ("" if view["usage"] else " none yet"))
     for c in view["usage"]:

@@ -26,7 +26,9 @@ def main() -> None:
 @click.option("--batch-wait-ms", type=float, help="Longest wait for a batch to fill (env AIOSD_BATCH_WAIT_MS).")
 @click.option("--shutdown-timeout", type=float, help="Seconds to finish in-flight work on SIGTERM.")
 @click.option(
-    "--dev-allow-anonymous", is_flag=True, default=None,
+    "--dev-allow-anonymous",
+    is_flag=True,
+    default=None,
     help="DEVELOPMENT ONLY: accept messages without user_id as agent 'anonymous'.",
 )
 def scheduler(config_file: str | None, **overrides: Any) -> None:

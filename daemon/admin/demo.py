@@ -39,10 +39,18 @@ console = Console()
 
 TOPICS = {
     "planner": ["standup moved to 10am on monday", "quarterly report due friday", "book the team offsite in june"],
-    "researcher": ["paper on radix attention caches prefixes", "rabbitmq priority queues go from 0 to 9", "bm25 ranks by term frequency"],
+    "researcher": [
+        "paper on radix attention caches prefixes",
+        "rabbitmq priority queues go from 0 to 9",
+        "bm25 ranks by term frequency",
+    ],
     "shopper": ["buy oat milk and coffee", "the printer needs a new toner", "order birthday cake for saturday"],
 }
-QUERIES = {"planner": "when is the report due", "researcher": "how do priority queues work", "shopper": "what coffee to buy"}
+QUERIES = {
+    "planner": "when is the report due",
+    "researcher": "how do priority queues work",
+    "shopper": "what coffee to buy",
+}
 
 
 @dataclass
@@ -67,7 +75,9 @@ def run_demo(settings: Settings, agents: int) -> int:
             children.append(("worker", _start("worker", "worker_ready", settings)))
         kinds = [list(TOPICS)[i % len(TOPICS)] for i in range(agents)]
         urls = _identities(settings, [f"demo-{kind}-{i}" for i, kind in enumerate(kinds)])
-        console.print(f"[bold]aiosd demo[/]: {agents} sample agents, each its own broker user -> {settings.amqp_url.split('@')[-1]}")
+        console.print(
+            f"[bold]aiosd demo[/]: {agents} sample agents, each its own broker user -> {settings.amqp_url.split('@')[-1]}"
+        )
         with ThreadPoolExecutor(agents) as pool:
             runs = list(pool.map(lambda args: _agent(*args), zip(urls.items(), kinds, strict=True)))
         _isolation(runs, urls)
@@ -112,10 +122,19 @@ def _script(run: AgentRun, client: Client, kind: str) -> None:
         run.note_id = ids[1]
         hits = _timed(run, client, "memory.search", {"query": QUERIES[kind], "tags": [kind], "limit": 1})
         found = hits["results"][0]["content"] if hits["results"] else "(nothing found)"
-        chat = _timed(run, client, "llm.chat", {"messages": [
-            {"role": "system", "content": "You are a concise assistant."},
-            {"role": "user", "content": f"Write a short reminder for this task: {found}"},
-        ], "max_tokens": 40, "temperature": 0})
+        chat = _timed(
+            run,
+            client,
+            "llm.chat",
+            {
+                "messages": [
+                    {"role": "system", "content": "You are a concise assistant."},
+                    {"role": "user", "content": f"Write a short reminder for this task: {found}"},
+                ],
+                "max_tokens": 40,
+                "temperature": 0,
+            },
+        )
         run.answer = f"note: {found}\nllm: {chat['text'].strip()}"
         _timed(run, client, "memory.update", {"id": ids[0], "tags": [kind, "done"]})
         _timed(run, client, "memory.delete", {"id": ids[-1]})
@@ -169,7 +188,9 @@ def _report(runs: list[AgentRun]) -> None:
         median = f"{statistics.median(r.latencies_ms):.1f}" if r.latencies_ms else "-"
         table.add_row(r.name, str(r.calls), median, r.answer, "; ".join(r.errors) or "none")
     console.print(table)
-    console.print("each agent also sent one unknown syscall and got an [bold]unknown_syscall[/] error reply, as it should")
+    console.print(
+        "each agent also sent one unknown syscall and got an [bold]unknown_syscall[/] error reply, as it should"
+    )
 
 
 def _scheduler_is_serving(settings: Settings) -> bool:
@@ -202,8 +223,12 @@ def _start(command: str, ready_event: str, settings: Settings) -> subprocess.Pop
     out = log.open("wb")
     argv = [sys.executable, "-m", "aiosd.daemon.admin.cli", command, "--log-format", "json"]
     # The children must see what the demo sees, flags included.
-    env = {**os.environ, "AIOSD_AMQP_URL": settings.amqp_url, "AIOSD_MONGO_URL": settings.mongo_url,
-           "AIOSD_MONGO_DB": settings.mongo_db}
+    env = {
+        **os.environ,
+        "AIOSD_AMQP_URL": settings.amqp_url,
+        "AIOSD_MONGO_URL": settings.mongo_url,
+        "AIOSD_MONGO_DB": settings.mongo_db,
+    }
     proc = subprocess.Popen(argv, stdout=out, stderr=out, env=env)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:

@@ -35,8 +35,15 @@ class Credentials:
 class AgentAdmin:
     """The operations behind ``aiosd agents``: each keeps broker, policy and audit in step."""
 
-    def __init__(self, directory: Directory, broker: BrokerAdmin, counters: Counters, memory: Collection[Doc],
-                 audit: AuditLog, amqp_url: str) -> None:
+    def __init__(
+        self,
+        directory: Directory,
+        broker: BrokerAdmin,
+        counters: Counters,
+        memory: Collection[Doc],
+        audit: AuditLog,
+        amqp_url: str,
+    ) -> None:
         self._dir = directory
         self._broker = broker
         self._counters = counters
@@ -95,8 +102,9 @@ class AgentAdmin:
         self._log(name, "removed" + (" with its memory" if purge else ""))
 
     def _log(self, name: str, what: str) -> None:
-        self._audit.record(agent=name, syscall=None, message_id=None, decision=Decision.ADMIN,
-                           reason=what, resource=f"agent:{name}")
+        self._audit.record(
+            agent=name, syscall=None, message_id=None, decision=Decision.ADMIN, reason=what, resource=f"agent:{name}"
+        )
 
 
 def operator_name() -> str:
@@ -109,9 +117,14 @@ def operator_name() -> str:
 
 def open_admin(store: Store, settings: Settings) -> tuple[AgentAdmin, BrokerAdmin]:
     """The operator-side objects the CLI needs; the caller closes the :class:`BrokerAdmin`."""
-    broker = BrokerAdmin(settings.amqp_admin_url, settings.amqp_admin_user,
-                         settings.amqp_admin_password.get_secret_value(), vhost_of(settings.amqp_url))
+    broker = BrokerAdmin(
+        settings.amqp_admin_url,
+        settings.amqp_admin_user,
+        settings.amqp_admin_password.get_secret_value(),
+        vhost_of(settings.amqp_url),
+    )
     audit = AuditLog(store.audit, key=audit_key(settings), actor=operator_name())
-    admin = AgentAdmin(Directory(store.db[AGENTS]), broker, Counters(store.db[COUNTERS]), store.memory,
-                       audit, settings.amqp_url)
+    admin = AgentAdmin(
+        Directory(store.db[AGENTS]), broker, Counters(store.db[COUNTERS]), store.memory, audit, settings.amqp_url
+    )
     return admin, broker

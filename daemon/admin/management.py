@@ -66,7 +66,9 @@ class BrokerAdmin:
         if self.user_exists(name):
             raise AgentExists(f"broker user {name!r} already exists; pick another name or add it with --external")
         self.set_password(name, password)
-        self._call("PUT", f"/permissions/{quote(self._vhost, safe='')}/{quote(name, safe='')}", json=agent_permissions(name))
+        self._call(
+            "PUT", f"/permissions/{quote(self._vhost, safe='')}/{quote(name, safe='')}", json=agent_permissions(name)
+        )
 
     def set_password(self, name: str, password: str) -> None:
         """Create or update user ``name`` with ``password`` and no tags (tags would add powers)."""
@@ -98,7 +100,11 @@ class BrokerAdmin:
         except httpx.HTTPError as exc:
             raise BrokerAdminError(f"RabbitMQ management API unreachable at {self._url}: {exc}") from exc
         if r.status_code in (401, 403):
-            raise BrokerAdminError(f"RabbitMQ management API at {self._url} refused the admin credentials ({r.status_code})")
+            raise BrokerAdminError(
+                f"RabbitMQ management API at {self._url} refused the admin credentials ({r.status_code})"
+            )
         if r.status_code >= 400 and r.status_code not in allow:
-            raise BrokerAdminError(f"RabbitMQ management API: {method} {path} failed with {r.status_code}: {r.text[:200]}")
+            raise BrokerAdminError(
+                f"RabbitMQ management API: {method} {path} failed with {r.status_code}: {r.text[:200]}"
+            )
         return r

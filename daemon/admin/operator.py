@@ -86,9 +86,16 @@ def _decide(config_file: str | None, ident: str, approve: bool, reason: str | No
 def _pending_row(doc: Doc) -> dict[str, Any]:
     approval = doc.get("approval") or {}
     decision = doc.get("decision") or {}
-    return {"id": doc["_id"], "agent": doc["agent"], "syscall": doc["syscall"], "args": doc.get("args"),
-            "requested_at": approval.get("requested_at"), "expires_at": approval.get("expires_at"),
-            "decision": decision.get("decision"), "by": decision.get("by")}
+    return {
+        "id": doc["_id"],
+        "agent": doc["agent"],
+        "syscall": doc["syscall"],
+        "args": doc.get("args"),
+        "requested_at": approval.get("requested_at"),
+        "expires_at": approval.get("expires_at"),
+        "decision": decision.get("decision"),
+        "by": decision.get("by"),
+    }
 
 
 @click.group()
@@ -104,9 +111,19 @@ def verify_cmd(config_file: str | None, as_json: bool, **overrides: Any) -> None
     with _store(config_file, overrides) as (store, settings):
         verdict = verify(store.audit, audit_key(settings))
     if as_json:
-        click.echo(json.dumps({"ok": verdict.ok, "records": verdict.records, "last_seq": verdict.last_seq,
-                               "last_hash": verdict.last_hash, "broken": verdict.broken, "problem": verdict.problem},
-                              default=str))
+        click.echo(
+            json.dumps(
+                {
+                    "ok": verdict.ok,
+                    "records": verdict.records,
+                    "last_seq": verdict.last_seq,
+                    "last_hash": verdict.last_hash,
+                    "broken": verdict.broken,
+                    "problem": verdict.problem,
+                },
+                default=str,
+            )
+        )
     elif verdict.ok:
         click.echo(f"audit log intact: {verdict.records} records, head {verdict.last_seq} {verdict.last_hash}")
         if verdict.beyond_head:

@@ -15,7 +15,9 @@ from aiosd.sdk.process.options import fail, load, settings_options
 @click.command()
 @settings_options
 @click.option("--check", is_flag=True, help="Exit 0 if this tool runner's registration is fresh and healthy, else 1.")
-@click.option("--list", "list_tools", is_flag=True, help="Print the installed tools (and declarations that failed) as JSON.")
+@click.option(
+    "--list", "list_tools", is_flag=True, help="Print the installed tools (and declarations that failed) as JSON."
+)
 @click.option("--worker-id", help="Stable id of this tool runner (env AIOSD_WORKER_ID; default <host>-tools-<pid>).")
 @click.option("--capacity", "tools_capacity", type=int, help="Tool calls run at once (env AIOSD_TOOLS_CAPACITY).")
 @click.option("--tool-timeout", type=float, help="Upper bound on a call's wall-clock seconds (env AIOSD_TOOL_TIMEOUT).")

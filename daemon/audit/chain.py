@@ -40,7 +40,17 @@ GENESIS = "0" * 64
 HEAD_ID = "head"
 #: Fields covered by a record's hash, in the canonical form.
 HASHED_FIELDS = (
-    "seq", "prev", "ts", "agent", "syscall", "resource", "decision", "code", "reason", "message_id", "actor",
+    "seq",
+    "prev",
+    "ts",
+    "agent",
+    "syscall",
+    "resource",
+    "decision",
+    "code",
+    "reason",
+    "message_id",
+    "actor",
 )
 
 

@@ -116,8 +116,12 @@ def last_seq(audit: Collection[Doc]) -> int:
 def format_record(doc: Doc) -> str:
     """One human line per record."""
     parts = [
-        f"{doc.get('seq', doc['_id']):>8}", canonical_ts(doc["ts"]), doc.get("agent") or "-",
-        doc.get("decision") or "-", doc.get("syscall") or "-", doc.get("resource") or "-",
+        f"{doc.get('seq', doc['_id']):>8}",
+        canonical_ts(doc["ts"]),
+        doc.get("agent") or "-",
+        doc.get("decision") or "-",
+        doc.get("syscall") or "-",
+        doc.get("resource") or "-",
         doc.get("message_id") or "-",
     ]
     if doc.get("code"):

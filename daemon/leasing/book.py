@@ -107,8 +107,15 @@ class LeaseBook:
         """
         hint = hint_of(record)
         entry = _entry(record, hint)
-        fields: Doc = {"state": QUEUED, "queued_at": entry["queued_at"], "attempts": 0, "slices": 0,
-                       "usage": Usage().model_dump(), "run_ms": 0.0, "hint": hint}
+        fields: Doc = {
+            "state": QUEUED,
+            "queued_at": entry["queued_at"],
+            "attempts": 0,
+            "slices": 0,
+            "usage": Usage().model_dump(),
+            "run_ms": 0.0,
+            "hint": hint,
+        }
         if prompt is not None:
             fields["prompt"] = prompt
         with self._lock:
@@ -140,7 +147,12 @@ class LeaseBook:
     def grant(self, entry: Doc, worker: str, ttl: float, durable: bool = False) -> Doc | None:
         """Lease a taken entry to ``worker``; the entry, or ``None`` if it moved on meanwhile."""
         now = utcnow()
-        lease = {"id": uuid.uuid4().hex, "worker": worker, "granted_at": now, "expires_at": now + timedelta(seconds=ttl)}
+        lease = {
+            "id": uuid.uuid4().hex,
+            "worker": worker,
+            "granted_at": now,
+            "expires_at": now + timedelta(seconds=ttl),
+        }
         with self._lock:
             if self._entries.get(entry["_id"]) is not entry or entry["state"] != QUEUED:
                 return None

@@ -160,7 +160,9 @@ class Dispatcher:
                 expires_at=lease_doc["expires_at"],
             )
             self._send(lease_doc["worker"], lease.model_dump_json().encode())
-            log.debug("leased", key=entry["_id"], worker=lease_doc["worker"], lease=lease.lease_id, attempt=lease.attempt)
+            log.debug(
+                "leased", key=entry["_id"], worker=lease_doc["worker"], lease=lease.lease_id, attempt=lease.attempt
+            )
 
     def _unservable(self, entry: Doc, members: dict[str, Member]) -> None:
         if entry["kind"] != "llm":
@@ -169,7 +171,9 @@ class Dispatcher:
         served = {m.state.model for m in members.values() if m.state.kind == "llm"}
         if model and members and model not in served:
             self._llm.fail(
-                entry, None, ErrorCode.INVALID_ARGS,
+                entry,
+                None,
+                ErrorCode.INVALID_ARGS,
                 f"no worker serves model {model!r}; served: {', '.join(sorted(served))}",
             )
 

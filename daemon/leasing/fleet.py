@@ -59,7 +59,12 @@ class Fleet:
                 self._members[state.worker_id] = Member(state, time.monotonic(), set(state.leases))
             else:
                 member.state, member.last_seen = state, time.monotonic()
-        doc = {**state.model_dump(exclude={"leases"}), "leases": len(state.leases), "last_seen": utcnow(), "alive": True}
+        doc = {
+            **state.model_dump(exclude={"leases"}),
+            "leases": len(state.leases),
+            "last_seen": utcnow(),
+            "alive": True,
+        }
         self._col.replace_one({"_id": state.worker_id}, doc, upsert=True)
         return new
 
@@ -97,7 +102,11 @@ class Fleet:
     def context_lengths(self) -> list[int]:
         """Context lengths reported by live LLM workers."""
         with self._lock:
-            return [m.state.context_length for m in self._members.values() if m.state.kind == "llm" and m.state.context_length]
+            return [
+                m.state.context_length
+                for m in self._members.values()
+                if m.state.kind == "llm" and m.state.context_length
+            ]
 
     def models(self) -> set[str]:
         """Models served by live workers."""

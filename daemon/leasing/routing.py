@@ -30,7 +30,8 @@ class Router:
         kind = served_by(record["syscall"])
         model = (record.get("args") or {}).get("model") if kind == "llm" else None
         able = {
-            wid: m for wid, m in members.items()
+            wid: m
+            for wid, m in members.items()
             if m.free > 0 and m.state.kind == kind and (not model or m.state.model == model)
         }
         if not able:

@@ -74,8 +74,14 @@ class LeasedWork:
         """Queue an accepted syscall for a worker (with its session's history, if any)."""
         req = env.request
         record: Doc = {
-            "_id": env.key, "id": env.message_id, "agent": env.agent, "syscall": req.syscall, "args": req.args,
-            "priority": env.priority, "deadline": req.deadline, "session": req.session,
+            "_id": env.key,
+            "id": env.message_id,
+            "agent": env.agent,
+            "syscall": req.syscall,
+            "args": req.args,
+            "priority": env.priority,
+            "deadline": req.deadline,
+            "session": req.session,
         }
         if self.book.enqueue(record, self._prompt(env)):
             log.debug("llm_queued", message_id=env.message_id, agent=env.agent)
@@ -122,7 +128,13 @@ class LeasedWork:
     def _heartbeat(self, beat: Heartbeat) -> None:
         state = beat.worker
         if self.fleet.heartbeat(state):
-            log.info("worker_registered", worker=state.worker_id, model=state.model, capacity=state.capacity, backend=state.backend)
+            log.info(
+                "worker_registered",
+                worker=state.worker_id,
+                model=state.model,
+                capacity=state.capacity,
+                backend=state.backend,
+            )
         self.book.extend(state.worker_id, state.leases, self._lease_ttl)
         self._wake()
 
@@ -135,7 +147,9 @@ class LeasedWork:
             doc = self.book.requeue(out.key, out.lease_id, snapshot=out.snapshot, usage=out.usage, run_ms=out.run_ms)
             self._log_stale(out, doc)
         elif out.status == "released":
-            doc = self.book.requeue(out.key, out.lease_id, snapshot=out.snapshot, usage=out.usage, run_ms=out.run_ms, refund_attempt=True)
+            doc = self.book.requeue(
+                out.key, out.lease_id, snapshot=out.snapshot, usage=out.usage, run_ms=out.run_ms, refund_attempt=True
+            )
             self._log_stale(out, doc)
         else:
             self._error(out)
@@ -160,7 +174,9 @@ class LeasedWork:
                 spent[env.agent] = (_plus(total, usage), calls + 1)
                 self._remember(env, out)
             run_ms = float(entry.get("run_ms") or 0.0)
-            timings = Timings(queue_ms=round(max(elapsed_ms(env.received_at) - run_ms, 0.0), 3), run_ms=round(run_ms, 3))
+            timings = Timings(
+                queue_ms=round(max(elapsed_ms(env.received_at) - run_ms, 0.0), 3), run_ms=round(run_ms, 3)
+            )
             finished.append((env, Reply.ok(env.message_id, env.request.syscall, result, usage=usage, timings=timings)))
         self._account(spent)
         self._finish(finished)
@@ -193,7 +209,9 @@ class LeasedWork:
     def _log_stale(self, out: Outcome, doc: Doc | None) -> None:
         if doc is None:
             # The lease expired and the call moved on (or another outcome won): first completion wins.
-            log.warning("stale_outcome_dropped", worker=out.worker_id, lease=out.lease_id, key=out.key, status=out.status)
+            log.warning(
+                "stale_outcome_dropped", worker=out.worker_id, lease=out.lease_id, key=out.key, status=out.status
+            )
 
     # -- lost leases ---------------------------------------------------------------
 
@@ -209,11 +227,17 @@ class LeasedWork:
         self.fleet.release(lease["worker"], lease["id"])
         attempts = int(doc.get("attempts") or 0)
         if not self._may_retry(doc):
-            self.fail(doc, lease["id"], ErrorCode.UNAVAILABLE,
-                      f"{reason}: the call of an irreversible tool is not run again (it may have had its effect)")
+            self.fail(
+                doc,
+                lease["id"],
+                ErrorCode.UNAVAILABLE,
+                f"{reason}: the call of an irreversible tool is not run again (it may have had its effect)",
+            )
             return
         if attempts >= self._max_attempts:
-            self.fail(doc, lease["id"], ErrorCode.UNAVAILABLE, f"LLM call failed: {reason}; gave up after {attempts} attempts")
+            self.fail(
+                doc, lease["id"], ErrorCode.UNAVAILABLE, f"LLM call failed: {reason}; gave up after {attempts} attempts"
+            )
             return
         if self.book.requeue(doc["_id"], lease["id"]) is not None:
             log.warning("lease_requeued", key=doc["_id"], worker=lease["worker"], attempt=attempts, reason=reason)
@@ -245,8 +269,11 @@ class LeasedWork:
         now = utcnow()
         self._usage.bulk_write(
             [
-                UpdateOne({"_id": agent}, {"$inc": {**usage.model_dump(), "llm_calls": calls}, "$set": {"updated_at": now}},
-                          upsert=True)
+                UpdateOne(
+                    {"_id": agent},
+                    {"$inc": {**usage.model_dump(), "llm_calls": calls}, "$set": {"updated_at": now}},
+                    upsert=True,
+                )
                 for agent, (usage, calls) in spent.items()
             ],
             ordered=False,

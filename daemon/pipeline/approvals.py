@@ -82,10 +82,16 @@ class Approvals:
         self._record(env, Decision.PENDING, f"waits for a human approval until {expires.isoformat(timespec='seconds')}")
         log.info("approval_pending", key=env.key, agent=env.agent, syscall=env.request.syscall)
         if env.reply_to and self._outbox is not None:
-            message = (f"waiting for a human approval (id {env.key}); the reply follows the decision, "
-                       f"or a denial at {expires.isoformat(timespec='seconds')}")
-            interim = Reply(id=env.message_id, syscall=env.request.syscall, status=Status.PENDING,
-                            error=ErrorInfo(code=ErrorCode.APPROVAL_PENDING, message=message))
+            message = (
+                f"waiting for a human approval (id {env.key}); the reply follows the decision, "
+                f"or a denial at {expires.isoformat(timespec='seconds')}"
+            )
+            interim = Reply(
+                id=env.message_id,
+                syscall=env.request.syscall,
+                status=Status.PENDING,
+                error=ErrorInfo(code=ErrorCode.APPROVAL_PENDING, message=message),
+            )
             self._outbox.reply(env.reply_to, env.correlation_id, interim, lambda: None)
 
     def hold(self, doc: Doc) -> bool:
@@ -124,9 +130,15 @@ class Approvals:
                 self._live.update_one({"_id": doc["_id"], "state": PENDING}, {"$set": {"state": "accepted"}})
                 execute(env, CATALOGUE[env.request.syscall].args.model_validate(env.request.args))
             else:
-                text = f"approval denied by {decision['by']}" + (f": {decision['reason']}" if decision.get("reason") else "")
-                finish(env, Reply.failure(env.message_id, env.request.syscall, ErrorCode.APPROVAL_DENIED, text,
-                                          status=Status.DENIED))
+                text = f"approval denied by {decision['by']}" + (
+                    f": {decision['reason']}" if decision.get("reason") else ""
+                )
+                finish(
+                    env,
+                    Reply.failure(
+                        env.message_id, env.request.syscall, ErrorCode.APPROVAL_DENIED, text, status=Status.DENIED
+                    ),
+                )
             count += 1
         return count
 
@@ -148,8 +160,15 @@ class Approvals:
         return decision
 
     def _decide(self, doc: Doc, approve: bool, actor: str, reason: str | None) -> Doc:
-        decision: Doc = {"_id": doc["_id"], "decision": APPROVED if approve else DENIED, "by": actor,
-                         "reason": reason, "at": utcnow(), "agent": doc["agent"], "syscall": doc["syscall"]}
+        decision: Doc = {
+            "_id": doc["_id"],
+            "decision": APPROVED if approve else DENIED,
+            "by": actor,
+            "reason": reason,
+            "at": utcnow(),
+            "agent": doc["agent"],
+            "syscall": doc["syscall"],
+        }
         try:
             self._decisions.insert_one(decision)
         except DuplicateKeyError:
@@ -169,5 +188,12 @@ class Approvals:
         return found[0]
 
     def _record(self, env: Envelope, decision: Decision, reason: str | None, actor: str | None = None) -> None:
-        self._audit.record(agent=env.agent, syscall=env.request.syscall, message_id=env.message_id,
-                           decision=decision, reason=reason, resource=resource_of(env.agent, env.request), actor=actor)
+        self._audit.record(
+            agent=env.agent,
+            syscall=env.request.syscall,
+            message_id=env.message_id,
+            decision=decision,
+            reason=reason,
+            resource=resource_of(env.agent, env.request),
+            actor=actor,
+        )

@@ -107,7 +107,9 @@ class Completion:
 def entry(env: Envelope, decision: Decision, reply: Reply | None = None) -> Entry:
     """The audit entry of a decision about an accepted syscall."""
     code = reply.error.code.value if reply is not None and reply.error else None
-    return Entry(env.agent, env.request.syscall, env.message_id, decision, code, None, resource_of(env.agent, env.request))
+    return Entry(
+        env.agent, env.request.syscall, env.message_id, decision, code, None, resource_of(env.agent, env.request)
+    )
 
 
 def _decision(reply: Reply) -> Decision:
@@ -268,7 +270,9 @@ class Pipeline:
             deadline = a.envelope.request.deadline
             if deadline is not None and _past_deadline(a.envelope):
                 reason = f"deadline {deadline.isoformat()} passed before the call started"
-                replies.append((a.envelope, Reply.failure(a.envelope.message_id, syscall, ErrorCode.DEADLINE_EXCEEDED, reason)))
+                replies.append(
+                    (a.envelope, Reply.failure(a.envelope.message_id, syscall, ErrorCode.DEADLINE_EXCEEDED, reason))
+                )
             else:
                 todo.append(a)
         outcomes = self._kernel.run_many(syscall, [(_context(a.envelope), a.args) for a in todo]) if todo else []
@@ -290,7 +294,9 @@ class Pipeline:
 
 def _context(env: Envelope) -> CallContext:
     req = env.request
-    return CallContext(agent=env.agent, call_id=env.message_id, syscall=req.syscall, session=req.session, program=req.program)
+    return CallContext(
+        agent=env.agent, call_id=env.message_id, syscall=req.syscall, session=req.session, program=req.program
+    )
 
 
 def _reply(env: Envelope, outcome: BaseModel | Exception, started: datetime) -> Reply:

@@ -97,8 +97,14 @@ class Intake:
     (``tool.call``: the named tool exists and its arguments match its schema).
     """
 
-    def __init__(self, *, max_body_bytes: int, allow_anonymous: bool, authorizer: Authorizer,
-                 checks: dict[str, ArgsCheck] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_body_bytes: int,
+        allow_anonymous: bool,
+        authorizer: Authorizer,
+        checks: dict[str, ArgsCheck] | None = None,
+    ) -> None:
         self._max_body = max_body_bytes
         self._allow_anonymous = allow_anonymous
         self._authorizer = authorizer
@@ -132,7 +138,9 @@ class Intake:
         """Everything but authorization: identity, size, properties, JSON, envelope, arguments."""
         agent = self._identity(d)
         if len(d.body) > self._max_body:
-            raise Rejected(ErrorCode.TOO_LARGE, f"body is {len(d.body)} bytes; the limit is {self._max_body}", agent=agent)
+            raise Rejected(
+                ErrorCode.TOO_LARGE, f"body is {len(d.body)} bytes; the limit is {self._max_body}", agent=agent
+            )
         message_id = _message_id(d, agent)
         if not reply_allowed(agent, d.reply_to):
             raise Rejected(
@@ -146,24 +154,33 @@ class Intake:
             raise Rejected(exc.code, exc.message, agent=agent) from exc
         spec = CATALOGUE.get(request.syscall)
         if spec is None:
-            raise Rejected(ErrorCode.UNKNOWN_SYSCALL, f"unknown syscall {request.syscall!r}", agent=agent, syscall=request.syscall)
+            raise Rejected(
+                ErrorCode.UNKNOWN_SYSCALL, f"unknown syscall {request.syscall!r}", agent=agent, syscall=request.syscall
+            )
         try:
             args = spec.args.model_validate(request.args)
         except ValidationError as exc:
             raise Rejected(
-                ErrorCode.INVALID_ARGS, f"invalid arguments for {request.syscall}: {describe_validation(exc)}",
-                agent=agent, syscall=request.syscall,
+                ErrorCode.INVALID_ARGS,
+                f"invalid arguments for {request.syscall}: {describe_validation(exc)}",
+                agent=agent,
+                syscall=request.syscall,
             ) from exc
         if (bad := unstorable_key(request.args)) is not None:
             raise Rejected(
                 ErrorCode.INVALID_ARGS,
                 f"invalid arguments for {request.syscall}: key {bad!r} may not start with '$' or contain '.' or NUL",
-                agent=agent, syscall=request.syscall,
+                agent=agent,
+                syscall=request.syscall,
             )
         check = self._checks.get(request.syscall)
         if check is not None and (problem := check(args)) is not None:
-            raise Rejected(ErrorCode.INVALID_ARGS, f"invalid arguments for {request.syscall}: {problem}",
-                           agent=agent, syscall=request.syscall)
+            raise Rejected(
+                ErrorCode.INVALID_ARGS,
+                f"invalid arguments for {request.syscall}: {problem}",
+                agent=agent,
+                syscall=request.syscall,
+            )
         return Ask(agent, request, args, min(max(d.priority or 0, 0), MAX_PRIORITY)), message_id
 
     def _identity(self, d: Delivery) -> str:
@@ -192,7 +209,9 @@ def reply_allowed(agent: str | None, reply_to: str | None) -> bool:
 
 def _message_id(d: Delivery, agent: str) -> str:
     if not d.message_id:
-        raise Rejected(ErrorCode.INVALID_REQUEST, "message has no message_id property (the idempotency key)", agent=agent)
+        raise Rejected(
+            ErrorCode.INVALID_REQUEST, "message has no message_id property (the idempotency key)", agent=agent
+        )
     if len(d.message_id) > MAX_MESSAGE_ID_LENGTH or "/" in d.message_id:
         raise Rejected(
             ErrorCode.INVALID_REQUEST,
@@ -220,8 +239,15 @@ def unstorable_key(value: Any, path: str = "args") -> str | None:
 
 def _accepted(d: Delivery, ask: Ask, message_id: str, verdict: Admission | Refused) -> Accepted | Rejected:
     if isinstance(verdict, Refused):
-        return Rejected(verdict.code, verdict.reason, agent=ask.agent, syscall=ask.request.syscall,
-                        status=Status.DENIED, dead_letter=False, resource=verdict.resource)
+        return Rejected(
+            verdict.code,
+            verdict.reason,
+            agent=ask.agent,
+            syscall=ask.request.syscall,
+            status=Status.DENIED,
+            dead_letter=False,
+            resource=verdict.resource,
+        )
     envelope = Envelope(
         agent=ask.agent,
         message_id=message_id,

@@ -81,8 +81,13 @@ class Scheduler:
         self._consume(self._broker)
         self.dispatcher.start()
         self.lifecycle.ready()
-        log.info("scheduler_ready", threads=self.settings.threads, prefetch=self.settings.prefetch, policy=self.settings.policy,
-                 leased_calls=loaded)
+        log.info(
+            "scheduler_ready",
+            threads=self.settings.threads,
+            prefetch=self.settings.prefetch,
+            policy=self.settings.policy,
+            leased_calls=loaded,
+        )
         try:
             self._loop()
         finally:
@@ -250,4 +255,3 @@ class Scheduler:
         count = self.graph.recovery.recover(older_than=self.settings.sweep_interval)
         if count:
             log.info("sweep_recovered", syscalls=count)
-

@@ -168,4 +168,6 @@ def build_scheduler(settings: Settings) -> SchedulerGraph:
     housekeeping.every(JOURNAL_INTERVAL, "lease_journal", book.flush)
     housekeeping.every(HEAD_INTERVAL, "audit_head", audit.advance_head)
     housekeeping.every(STORAGE_SWEEP_INTERVAL, "storage_sweep", storage.sweep)
-    return SchedulerGraph(store, threads, outbox, pipeline, recovery, completion, leased, dispatcher, housekeeping, counters, audit)
+    return SchedulerGraph(
+        store, threads, outbox, pipeline, recovery, completion, leased, dispatcher, housekeeping, counters, audit
+    )

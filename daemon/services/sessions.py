@@ -59,7 +59,9 @@ class SessionService:
     def create(self, ctx: CallContext, args: ContextCreateArgs) -> SessionInfo:
         """``context.create``."""
         sid = args.session or _new_id()
-        return self._insert_new(_new_doc(ctx.agent, sid, [m.model_dump(exclude_none=True) for m in args.messages], args.metadata))
+        return self._insert_new(
+            _new_doc(ctx.agent, sid, [m.model_dump(exclude_none=True) for m in args.messages], args.metadata)
+        )
 
     def get(self, ctx: CallContext, args: ContextRef) -> Session:
         """``context.get``."""
@@ -169,14 +171,25 @@ def _new_id() -> str:
 def _new_doc(agent: str, session: str, messages: list[Message], metadata: dict[str, Any]) -> Doc:
     now = utcnow()
     return {
-        "_id": _key(agent, session), "agent": agent, "session": session, "messages": messages,
-        "metadata": metadata, "version": 0, "length": len(messages), "created_at": now, "updated_at": now, "forked_from": None,
+        "_id": _key(agent, session),
+        "agent": agent,
+        "session": session,
+        "messages": messages,
+        "metadata": metadata,
+        "version": 0,
+        "length": len(messages),
+        "created_at": now,
+        "updated_at": now,
+        "forked_from": None,
     }
 
 
 def _info(doc: Doc) -> SessionInfo:
     return SessionInfo(
-        session=doc["session"], length=int(doc.get("length") or 0),
-        created_at=doc["created_at"], updated_at=doc["updated_at"],
-        forked_from=doc.get("forked_from"), metadata=doc.get("metadata") or {},
+        session=doc["session"],
+        length=int(doc.get("length") or 0),
+        created_at=doc["created_at"],
+        updated_at=doc["updated_at"],
+        forked_from=doc.get("forked_from"),
+        metadata=doc.get("metadata") or {},
     )

@@ -119,7 +119,9 @@ class Broker:
             body=body,
             ack=partial(self._later, partial(self._ack, tag)),
             nack=lambda requeue: self._later(partial(self._nack, tag, requeue)),
-            dead_letter=lambda code, reason: self._later(partial(self._dead_letter, tag, method, props, body, code, reason)),
+            dead_letter=lambda code, reason: self._later(
+                partial(self._dead_letter, tag, method, props, body, code, reason)
+            ),
             message_id=props.message_id,
             correlation_id=props.correlation_id,
             reply_to=props.reply_to,

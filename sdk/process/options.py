@@ -18,7 +18,12 @@ def settings_options(fn: F) -> F:
     """Options shared by every command that needs settings; they override env and file."""
     for option in reversed(
         [
-            click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML settings file (env AIOSD_CONFIG)."),
+            click.option(
+                "--config",
+                "config_file",
+                type=click.Path(dir_okay=False),
+                help="TOML settings file (env AIOSD_CONFIG).",
+            ),
             click.option("--amqp-url", help="RabbitMQ URL (env AIOSD_AMQP_URL)."),
             click.option("--mongo-url", help="MongoDB URL (env AIOSD_MONGO_URL)."),
             click.option("--mongo-db", help="MongoDB database (env AIOSD_MONGO_DB)."),

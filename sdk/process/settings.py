@@ -53,7 +53,8 @@ class Settings(BaseSettings):
     sweep_interval: float = Field(default=15.0, gt=0, description="Seconds between recovery sweeps.")
     # -- agents, policies, approvals, audit --
     amqp_admin_url: str = Field(
-        default="http://127.0.0.1:15672", description="RabbitMQ management API, for `aiosd agents` (users, permissions)."
+        default="http://127.0.0.1:15672",
+        description="RabbitMQ management API, for `aiosd agents` (users, permissions).",
     )
     amqp_admin_user: str = Field(default="guest", description="Management API user (tag administrator).")
     amqp_admin_password: SecretStr = Field(default=SecretStr("guest"), description="Management API password.")
@@ -99,8 +100,10 @@ class Settings(BaseSettings):
     # -- tools (aiosd tools) --
     tools_capacity: int = Field(default=4, ge=1, le=256, description="Tool calls run at once, each in a child process.")
     tool_timeout: float = Field(
-        default=300.0, gt=0, description="Upper bound on any tool call's wall-clock seconds (each tool has its own "
-        "default and maximum); past it the call's process group is killed."
+        default=300.0,
+        gt=0,
+        description="Upper bound on any tool call's wall-clock seconds (each tool has its own "
+        "default and maximum); past it the call's process group is killed.",
     )
     tool_cpu_seconds: int = Field(default=60, ge=1, description="CPU seconds per tool call (RLIMIT_CPU).")
     tool_memory_mb: int = Field(default=512, ge=64, description="Address space per tool call in MiB (RLIMIT_AS).")

@@ -63,16 +63,39 @@ def _object(properties: dict[str, Any], *required: str) -> dict[str, Any]:
     return {"type": "object", "properties": properties, "required": list(required), "additionalProperties": False}
 
 
-SLEEP = Tool("test_sleep", "Sleep for a while.", _object({"seconds": {"type": "number", "minimum": 0, "maximum": 30}},
-                                                          "seconds"), _sleep, timeout=10, max_timeout=60)
+SLEEP = Tool(
+    "test_sleep",
+    "Sleep for a while.",
+    _object({"seconds": {"type": "number", "minimum": 0, "maximum": 30}}, "seconds"),
+    _sleep,
+    timeout=10,
+    max_timeout=60,
+)
 SPIN = Tool("test_spin", "Loop forever.", _object({"pidfile": {"type": "string"}}), _spin, timeout=1, max_timeout=5)
-HOG = Tool("test_hog", "Allocate memory.", _object({"mb": {"type": "integer", "minimum": 16}}, "mb"), _hog,
-           timeout=20, max_timeout=30)
-MARKER = Tool("test_marker", "Write a marker file.",
-              _object({"marker": {"type": "string"}, "count": {"type": "integer", "minimum": 1}}, "marker", "count"),
-              _marker)
-LAUNCH = Tool("test_launch", "Launch the rocket (cannot be undone).",
-              _object({"marker": {"type": "string"}, "seconds": {"type": "number", "minimum": 0}}, "marker"),
-              _launch, irreversible=True)
-CRASH = Tool("test_crash", "Fail in various ways.", _object({"how": {"enum": ["raise", "exit", "print", "unjson"]}}, "how"),
-             _crash)
+HOG = Tool(
+    "test_hog",
+    "Allocate memory.",
+    _object({"mb": {"type": "integer", "minimum": 16}}, "mb"),
+    _hog,
+    timeout=20,
+    max_timeout=30,
+)
+MARKER = Tool(
+    "test_marker",
+    "Write a marker file.",
+    _object({"marker": {"type": "string"}, "count": {"type": "integer", "minimum": 1}}, "marker", "count"),
+    _marker,
+)
+LAUNCH = Tool(
+    "test_launch",
+    "Launch the rocket (cannot be undone).",
+    _object({"marker": {"type": "string"}, "seconds": {"type": "number", "minimum": 0}}, "marker"),
+    _launch,
+    irreversible=True,
+)
+CRASH = Tool(
+    "test_crash",
+    "Fail in various ways.",
+    _object({"how": {"enum": ["raise", "exit", "print", "unjson"]}}, "how"),
+    _crash,
+)

@@ -23,7 +23,11 @@ from aiosd.sdk.tools import ToolCallArgs
 def _delivery(body: Any, **props: Any) -> Delivery:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     fields: dict[str, Any] = {
-        "message_id": "m1", "correlation_id": "c1", "reply_to": "aiosd.reply.alice.1", "priority": 3, "user_id": "alice",
+        "message_id": "m1",
+        "correlation_id": "c1",
+        "reply_to": "aiosd.reply.alice.1",
+        "priority": 3,
+        "user_id": "alice",
     }
     fields.update(props)
     return Delivery(body=raw, ack=lambda: None, nack=lambda _r: None, dead_letter=lambda _c, _r: None, **fields)
@@ -88,7 +92,10 @@ def test_an_authorizers_refusal_is_answered_and_audited_as_denied_but_not_dead_l
         _intake(authorizer=No()).admit(_delivery(ADD))
     rej = caught.value
     assert (rej.code, rej.status, rej.dead_letter, rej.resource) == (
-        ErrorCode.QUOTA_EXCEEDED, Status.DENIED, False, "memory:alice",
+        ErrorCode.QUOTA_EXCEEDED,
+        Status.DENIED,
+        False,
+        "memory:alice",
     )
 
 

@@ -12,9 +12,17 @@ from aiosd.daemon.audit.chain import GENESIS, HASHED_FIELDS, canonical_ts, recor
 
 def _record(**changes: Any) -> dict[str, Any]:
     record: dict[str, Any] = {
-        "seq": 7, "prev": GENESIS, "ts": datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC),
-        "agent": "alice", "syscall": "memory.add", "resource": "memory:alice", "decision": "completed",
-        "code": None, "reason": None, "message_id": "m1", "actor": "scheduler",
+        "seq": 7,
+        "prev": GENESIS,
+        "ts": datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC),
+        "agent": "alice",
+        "syscall": "memory.add",
+        "resource": "memory:alice",
+        "decision": "completed",
+        "code": None,
+        "reason": None,
+        "message_id": "m1",
+        "actor": "scheduler",
     }
     record.update(changes)
     return record

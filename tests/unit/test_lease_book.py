@@ -24,8 +24,15 @@ def book() -> LeaseBook:
 
 def _record(n: int, priority: int = 0, agent: str = "a", syscall: str = "llm.chat") -> dict[str, Any]:
     messages = [{"role": "system", "content": "You plan."}, {"role": "user", "content": "x" * 200}]
-    return {"_id": f"{agent}/m{n}", "id": f"m{n}", "agent": agent, "syscall": syscall, "priority": priority,
-            "args": {"model": "smol", "messages": messages}, "queued_at": T0 + timedelta(seconds=n)}
+    return {
+        "_id": f"{agent}/m{n}",
+        "id": f"m{n}",
+        "agent": agent,
+        "syscall": syscall,
+        "priority": priority,
+        "args": {"model": "smol", "messages": messages},
+        "queued_at": T0 + timedelta(seconds=n),
+    }
 
 
 def test_calls_come_out_in_the_orderings_order_and_only_once(book: LeaseBook) -> None:

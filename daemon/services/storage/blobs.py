@@ -64,7 +64,6 @@ class Blobs:
         except NoFile:
             pass  # already gone: a prune or purge repeated after a crash
 
-
     def drop_many(self, blob_ids: list[str]) -> None:
         """Delete many blobs at once.
 

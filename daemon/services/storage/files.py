@@ -140,8 +140,9 @@ class FileStore:
 
     # -- writes ------------------------------------------------------------------
 
-    def commit(self, owner: str, path: str, new: NewVersion, keep: int, quota: Quota,
-               if_version: int | None = None) -> Committed:
+    def commit(
+        self, owner: str, path: str, new: NewVersion, keep: int, quota: Quota, if_version: int | None = None
+    ) -> Committed:
         """Write ``new`` as the next version, keeping the last ``keep``; idempotent per ``new.call``."""
         hid = head_id(owner, path)
         with self._lock(hid):
@@ -151,7 +152,8 @@ class FileStore:
                 return Committed(head, replayed, [])
             if if_version is not None and live_version(head) != if_version:
                 raise SyscallFailed(
-                    f"{path} is at version {live_version(head)}, not {if_version} (0 means no live file)", ErrorCode.CONFLICT
+                    f"{path} is at version {live_version(head)}, not {if_version} (0 means no live file)",
+                    ErrorCode.CONFLICT,
                 )
             kept = list(head["versions"]) if head else []
             pruned = kept[: max(len(kept) + 1 - keep, 0)]
@@ -160,7 +162,7 @@ class FileStore:
                 quota.reserve(grow)
             try:
                 entry = self._insert_version(owner, path, (head["current"] if head else 0) + 1, new)
-                after = self._save_head(owner, path, head, [*kept[len(pruned):], entry])
+                after = self._save_head(owner, path, head, [*kept[len(pruned) :], entry])
             except BaseException:
                 # Nothing was committed: give the reservation back (the version document, if any, is an orphan).
                 if grow > 0:
@@ -197,8 +199,17 @@ class FileStore:
                 return head, int(head.get("purged_bytes") or 0)  # this syscall re-run after a crash
             if head is None or head.get("purged"):
                 raise NotFound(f"no file {path}")
-            after = {**head, "versions": [], "bytes": 0, "deleted": True, "purged": True, "purged_bytes": head["bytes"],
-                     "deleted_by": call, "deleted_at": utcnow(), "rev": head["rev"] + 1}
+            after = {
+                **head,
+                "versions": [],
+                "bytes": 0,
+                "deleted": True,
+                "purged": True,
+                "purged_bytes": head["bytes"],
+                "deleted_by": call,
+                "deleted_at": utcnow(),
+                "rev": head["rev"] + 1,
+            }
             self._replace(head, after)
             quota.release(int(head["bytes"]))
         self._discard(owner, path, list(head["versions"]))
@@ -240,10 +251,25 @@ class FileStore:
     def _save_head(self, owner: str, path: str, head: Doc | None, versions: list[Doc]) -> Doc:
         now = utcnow()
         total = sum(int(e["size"]) for e in versions)
-        fields: Doc = {"current": versions[-1]["v"], "versions": versions, "bytes": total, "updated_at": now,
-                       "deleted": False, "deleted_by": None, "deleted_at": None, "purged": False}
+        fields: Doc = {
+            "current": versions[-1]["v"],
+            "versions": versions,
+            "bytes": total,
+            "updated_at": now,
+            "deleted": False,
+            "deleted_by": None,
+            "deleted_at": None,
+            "purged": False,
+        }
         if head is None:
-            after: Doc = {"_id": head_id(owner, path), "owner": owner, "path": path, "created_at": now, "rev": 1, **fields}
+            after: Doc = {
+                "_id": head_id(owner, path),
+                "owner": owner,
+                "path": path,
+                "created_at": now,
+                "rev": 1,
+                **fields,
+            }
             try:
                 self._heads.insert_one(after)
             except DuplicateKeyError:
@@ -270,9 +296,15 @@ class FileStore:
 
 def _entry(number: int, new: NewVersion) -> Doc:
     return {
-        "v": number, "size": len(new.data), "sha256": hashlib.sha256(new.data).hexdigest(),
-        "content_type": new.content_type, "encoding": new.encoding, "created_at": utcnow(),
-        "author": new.author, "call": new.call, "restored_from": new.restored_from,
+        "v": number,
+        "size": len(new.data),
+        "sha256": hashlib.sha256(new.data).hexdigest(),
+        "content_type": new.content_type,
+        "encoding": new.encoding,
+        "created_at": utcnow(),
+        "author": new.author,
+        "call": new.call,
+        "restored_from": new.restored_from,
     }
 
 

@@ -32,8 +32,9 @@ class PolicyStorageGuard:
     def limits(self, owner: str) -> StorageLimits:
         """The owner's limits: versions kept per file, largest version, byte quota."""
         policy = self._policy(owner)
-        return StorageLimits(versions=policy.storage_versions, file_bytes=policy.storage_file_bytes,
-                             quota=policy.storage_bytes)
+        return StorageLimits(
+            versions=policy.storage_versions, file_bytes=policy.storage_file_bytes, quota=policy.storage_bytes
+        )
 
     def grants_read(self, reader: str, owner: str) -> bool:
         """Whether ``owner``'s policy grants ``reader`` read access to all its files (an operator's grant)."""

@@ -41,8 +41,9 @@ class OwnStorage:
             got = self._service.read(ctx, args)
         except SyscallFailed as exc:
             raise ToolFailure(exc.code, exc.message) from exc
-        return FileBytes(path=got.path, version=got.version, content_type=got.content_type,
-                         data=base64.b64decode(got.base64 or ""))
+        return FileBytes(
+            path=got.path, version=got.version, content_type=got.content_type, data=base64.b64decode(got.base64 or "")
+        )
 
 
 def storage_reader(settings: Settings) -> StorageReader:

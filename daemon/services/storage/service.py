@@ -122,7 +122,8 @@ class StorageService:
         if limits.file_bytes is not None and args.size() > limits.file_bytes:
             raise SyscallFailed(
                 f"{args.path}: {args.size()} bytes is more than the {limits.file_bytes} bytes a file may have "
-                f"(policy storage_file_bytes of {owner})", ErrorCode.TOO_LARGE,
+                f"(policy storage_file_bytes of {owner})",
+                ErrorCode.TOO_LARGE,
             )
         content_type = args.content_type or (TEXT_TYPE if args.text is not None else BINARY_TYPE)
         new = NewVersion(args.content(), content_type, args.encoding(), ctx.agent, _call(ctx))
@@ -137,9 +138,18 @@ class StorageService:
             raise NotFound(f"{args.path} is deleted: read a kept version, or restore it with storage.rollback")
         entry = self._entry(head, args.version or head["current"])
         text, b64 = _encode(self.files.load(head, entry), args.encoding or entry["encoding"], args.path, entry["v"])
-        return FileContent(owner=owner, path=args.path, version=entry["v"], current=head["current"], size=entry["size"],
-                           sha256=entry["sha256"], content_type=entry["content_type"], created_at=entry["created_at"],
-                           text=text, base64=b64)
+        return FileContent(
+            owner=owner,
+            path=args.path,
+            version=entry["v"],
+            current=head["current"],
+            size=entry["size"],
+            sha256=entry["sha256"],
+            content_type=entry["content_type"],
+            created_at=entry["created_at"],
+            text=text,
+            base64=b64,
+        )
 
     def stat(self, ctx: CallContext, args: StoragePathArgs) -> FileStat:
         """``storage.stat``: a file (deleted ones too) with its kept versions, newest first."""
@@ -166,8 +176,9 @@ class StorageService:
         owner = self._authorize(ctx, args.owner, args.path, "write")
         if args.purge:
             head, released = self.files.purge(owner, args.path, _call(ctx), self._quota(owner))
-            return FileDeleted(owner=owner, path=args.path, version=head["current"], purged=True,
-                               released_bytes=released)
+            return FileDeleted(
+                owner=owner, path=args.path, version=head["current"], purged=True, released_bytes=released
+            )
         head = self.files.mark_deleted(owner, args.path, _call(ctx))
         return FileDeleted(owner=owner, path=args.path, version=head["current"], purged=False, released_bytes=0)
 
@@ -178,8 +189,14 @@ class StorageService:
         if args.version is None and not head["deleted"]:
             raise SyscallFailed(f"{args.path} is not deleted: name the version to roll back to", ErrorCode.INVALID_ARGS)
         entry = self._entry(head, args.version or head["current"])
-        new = NewVersion(self.files.load(head, entry), entry["content_type"], entry["encoding"], ctx.agent, _call(ctx),
-                         restored_from=entry["v"])
+        new = NewVersion(
+            self.files.load(head, entry),
+            entry["content_type"],
+            entry["encoding"],
+            ctx.agent,
+            _call(ctx),
+            restored_from=entry["v"],
+        )
         return _written(self.files.commit(owner, args.path, new, self._limits(owner).versions, self._quota(owner)))
 
     def share(self, ctx: CallContext, args: StorageShareArgs) -> ShareList:
@@ -268,16 +285,32 @@ def _encode(data: bytes, encoding: str, path: str, version: int) -> tuple[str | 
 
 
 def _version(entry: Doc) -> FileVersion:
-    return FileVersion(version=entry["v"], size=entry["size"], sha256=entry["sha256"], content_type=entry["content_type"],
-                       created_at=entry["created_at"], author=entry["author"], restored_from=entry.get("restored_from"))
+    return FileVersion(
+        version=entry["v"],
+        size=entry["size"],
+        sha256=entry["sha256"],
+        content_type=entry["content_type"],
+        created_at=entry["created_at"],
+        author=entry["author"],
+        restored_from=entry.get("restored_from"),
+    )
 
 
 def _info(head: Doc) -> FileInfo:
     current = find_entry(head, head["current"]) or head["versions"][-1]
-    return FileInfo(owner=head["owner"], path=head["path"], version=head["current"], size=current["size"],
-                    sha256=current["sha256"], content_type=current["content_type"], created_at=head["created_at"],
-                    updated_at=head["updated_at"], deleted=bool(head["deleted"]), versions=len(head["versions"]),
-                    bytes=head["bytes"])
+    return FileInfo(
+        owner=head["owner"],
+        path=head["path"],
+        version=head["current"],
+        size=current["size"],
+        sha256=current["sha256"],
+        content_type=current["content_type"],
+        created_at=head["created_at"],
+        updated_at=head["updated_at"],
+        deleted=bool(head["deleted"]),
+        versions=len(head["versions"]),
+        bytes=head["bytes"],
+    )
 
 
 def _written(done: Committed) -> FileWritten:
@@ -285,5 +318,9 @@ def _written(done: Committed) -> FileWritten:
 
 
 def _share_list(shares: list[Doc]) -> ShareList:
-    return ShareList(shares=[Share.model_validate({k: s.get(k) for k in ("path", "agent", "group", "mode", "created_at")})
-                             for s in shares])
+    return ShareList(
+        shares=[
+            Share.model_validate({k: s.get(k) for k in ("path", "agent", "group", "mode", "created_at")})
+            for s in shares
+        ]
+    )

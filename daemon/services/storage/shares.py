@@ -106,8 +106,12 @@ class ShareStore:
                     self._col.insert_one({"_id": owner, "shares": shares, "rev": 1})
                 except DuplicateKeyError:
                     raise SyscallFailed("the shares changed concurrently; retry", ErrorCode.CONFLICT) from None
-            elif self._col.update_one({"_id": owner, "rev": doc["rev"]},
-                                      {"$set": {"shares": shares, "rev": doc["rev"] + 1}}).matched_count != 1:
+            elif (
+                self._col.update_one(
+                    {"_id": owner, "rev": doc["rev"]}, {"$set": {"shares": shares, "rev": doc["rev"] + 1}}
+                ).matched_count
+                != 1
+            ):
                 raise SyscallFailed("the shares changed concurrently; retry", ErrorCode.CONFLICT)
             return shares
 
