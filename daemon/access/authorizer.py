@@ -78,6 +78,8 @@ class Meter:
     def __init__(self, counters: Counters, policies: PolicyLookup) -> None:
         self._counters = counters
         self._policies = policies
+        self._charges: dict[str, tuple[Usage, int]] = {}
+        self._charges_lock = threading.Lock()
 
     def admit(self, agent: str, policy: Policy, syscall: str) -> Refusal | None:
         """Count one request; return why it is over a limit (and count nothing), or ``None``."""
@@ -126,16 +128,30 @@ class Meter:
         return [self.admit_many(agent, policy, [s])[0] for s in syscalls]
 
     def charge_tokens(self, agent: str, usage: Usage, calls: int = 1) -> None:
-        """Add the tokens of ``calls`` LLM calls to the agent's current period."""
-        standing = self._policies.standing(agent)
-        period = period_window(agent, standing.policy.quota_period if standing else "day")
-        amounts = period_amounts(
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            cached_tokens=usage.cached_tokens,
-            llm_calls=calls,
-        )
-        self._counters.add(period.key, amounts, _extra(agent, "period", period))
+        """Count the tokens of ``calls`` finished LLM calls; written by :meth:`flush_charges`.
+
+        Charges are written in batches: before each batch of calls is admitted
+        (so a call answered before another is sent counts against it, as if
+        written at once) and by a periodic job.
+        """
+        with self._charges_lock:
+            total, n = self._charges.get(agent, (Usage(), 0))
+            self._charges[agent] = (_plus(total, usage), n + calls)
+
+    def flush_charges(self) -> None:
+        """Write the counted tokens to each agent's current quota period (one write per agent)."""
+        with self._charges_lock:
+            charges, self._charges = self._charges, {}
+        for agent, (usage, calls) in charges.items():
+            standing = self._policies.standing(agent)
+            period = period_window(agent, standing.policy.quota_period if standing else "day")
+            amounts = period_amounts(
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                cached_tokens=usage.cached_tokens,
+                llm_calls=calls,
+            )
+            self._counters.add(period.key, amounts, _extra(agent, "period", period))
 
     def _take_rate(self, agent: str, policy: Policy, n: int = 1) -> Window | Refusal | None:
         limit = policy.rate_limit
@@ -212,6 +228,7 @@ class PolicyAuthorizer:
         change applies to the next batch.
         """
         self._policies.refresh()
+        self._meter.flush_charges()  # tokens of calls answered so far count before the next admission
         verdicts: list[Admission | Refused | None] = [None] * len(asks)
         metered: dict[str, tuple[Standing, list[int]]] = {}
         for i, ask in enumerate(asks):
@@ -272,3 +289,7 @@ def _tokens(doc: Doc) -> int:
 def _extra(agent: str, kind: str, window: Window) -> Doc:
     """Fields of a counter document when it is created (the prune job reads ``expires_at``)."""
     return {"agent": agent, "kind": kind, "window": window.label, "expires_at": window.expires_at}
+
+
+def _plus(a: Usage, b: Usage) -> Usage:
+    return Usage(**{name: getattr(a, name) + getattr(b, name) for name in Usage.model_fields})

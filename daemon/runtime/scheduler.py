@@ -159,6 +159,7 @@ class Scheduler:
             self._retire_sent()
             self._write_book()
             self._advance_audit_head()
+            self._charge_tokens()
             self.store.close()
         log.info("scheduler_stopped", unfinished=self.inflight)
 
@@ -244,6 +245,12 @@ class Scheduler:
             self.graph.audit.advance_head()
         except Exception as exc:  # a hint only: the next writer walks forward from an older head
             log.warning("audit_head_write_failed", error=repr(exc))
+
+    def _charge_tokens(self) -> None:
+        try:
+            self.graph.meter.flush_charges()
+        except Exception as exc:  # tokens of calls that finished just now: the quota undercounts them
+            log.warning("token_charges_lost", error=repr(exc))
 
     def _recover(self) -> None:
         count = self.graph.recovery.recover()

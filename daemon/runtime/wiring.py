@@ -51,6 +51,8 @@ log = get_logger(__name__)
 PRUNE_INTERVAL = 60.0
 #: Seconds a sent reply's live record may wait to be retired with others.
 RETIRE_INTERVAL = 0.25
+#: Seconds finished LLM calls' tokens may wait to be charged to their agents' quotas together.
+CHARGE_INTERVAL = 0.2
 #: Seconds the audit chain's head hint may lag behind its records.
 HEAD_INTERVAL = 0.5
 #: Seconds the lease book's transitions may wait to be written with others (dispatch rounds write too).
@@ -90,6 +92,7 @@ class SchedulerGraph:
     housekeeping: Periodic
     counters: Counters
     audit: AuditLog
+    meter: Meter
 
 
 def build_scheduler(settings: Settings) -> SchedulerGraph:
@@ -167,7 +170,8 @@ def build_scheduler(settings: Settings) -> SchedulerGraph:
     housekeeping.every(RETIRE_INTERVAL, "retire_records", completion.retire)
     housekeeping.every(JOURNAL_INTERVAL, "lease_journal", book.flush)
     housekeeping.every(HEAD_INTERVAL, "audit_head", audit.advance_head)
+    housekeeping.every(CHARGE_INTERVAL, "token_charges", meter.flush_charges)
     housekeeping.every(STORAGE_SWEEP_INTERVAL, "storage_sweep", storage.sweep)
     return SchedulerGraph(
-        store, threads, outbox, pipeline, recovery, completion, leased, dispatcher, housekeeping, counters, audit
+        store, threads, outbox, pipeline, recovery, completion, leased, dispatcher, housekeeping, counters, audit, meter
     )
