@@ -66,6 +66,12 @@ class WorkerBroker:
             self._leases.basic_qos(prefetch_count=capacity)
             self._events = self._conn.channel()
             self._events.confirm_delivery()
+            # Outcomes go out in batches on a transactional channel: one commit (one round
+            # trip, the broker has them on disk) for every outcome finished meanwhile.
+            self._outcomes = self._conn.channel()
+            self._outcomes.tx_select()
+            self._outcomes.add_on_return_callback(self._on_return)
+            self._returned: set[str] = set()
         except AMQP_ERRORS as exc:
             self.close()
             raise ServiceUnavailable(f"RabbitMQ: cannot set up worker {worker_id} at {_safe(params)}: {exc!r}") from exc
@@ -106,6 +112,32 @@ class WorkerBroker:
         )
         # mandatory: an unroutable event (events queue deleted) is an error, not a silent loss.
         self._events.basic_publish("", EVENTS_QUEUE, encode(event), props, mandatory=True)
+
+    def publish_outcomes(self, outcomes: list[Outcome]) -> set[str]:
+        """Publish ``outcomes`` and commit them together; return the lease ids the broker could not route.
+
+        Nothing is committed if the connection fails first (an AMQP error is raised):
+        the caller keeps the outcomes and publishes them again on the next connection.
+        """
+        self._returned = set()
+        for outcome in outcomes:
+            props = BasicProperties(
+                content_type=CONTENT_TYPE,
+                content_encoding="utf-8",
+                delivery_mode=2,
+                type=outcome.kind,
+                message_id=outcome.lease_id,
+                headers={VERSION_HEADER: PROTOCOL_VERSION},
+            )
+            # mandatory: an unroutable outcome (events queue deleted) is an error, not a silent loss.
+            self._outcomes.basic_publish("", EVENTS_QUEUE, encode(outcome), props, mandatory=True)
+        self._outcomes.tx_commit()
+        self._conn.process_data_events(0)  # returns arrive before the commit's answer; dispatch them
+        return set(self._returned)
+
+    def _on_return(self, _ch: BlockingChannel, _method: Basic.Return, props: BasicProperties, _body: bytes) -> None:
+        if props.message_id:
+            self._returned.add(props.message_id)
 
     def ack(self, tag: int) -> None:
         """Settle a lease delivery."""

@@ -220,16 +220,17 @@ class Worker:
             broker.later(_nothing)
 
     def _flush(self, broker: WorkerBroker) -> None:
-        """Publish finished outcomes in order; ack each lease after its confirm."""
+        """Publish finished outcomes in order, committed together; ack each lease after the commit."""
         self.ledger.collect()
-        while self.ledger.outbox:
-            outcome = self.ledger.outbox[0]
-            try:
-                broker.publish(outcome)
-            except PUBLISH_ERRORS as exc:
-                # Not safe in the events queue: the lease expires at the scheduler instead.
-                log.error("outcome_refused", lease_id=outcome.lease_id, error=repr(exc))
+        if not self.ledger.outbox:
+            return
+        batch = list(self.ledger.outbox)
+        refused = broker.publish_outcomes(batch)
+        for outcome in batch:
             self.ledger.outbox.popleft()
+            if outcome.lease_id in refused:
+                # Not safe in the events queue: the lease expires at the scheduler instead.
+                log.error("outcome_refused", lease_id=outcome.lease_id, error="unroutable: no events queue")
             held = self.ledger.settle(outcome.lease_id)
             if held is not None and held.connection is broker:
                 broker.ack(held.tag)
