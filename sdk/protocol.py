@@ -117,6 +117,14 @@ class Usage(_Frozen):
     completion_tokens: int = 0
     cached_tokens: int = 0
 
+    def plus(self, other: Usage) -> Usage:
+        """The sum of two usages."""
+        return Usage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            cached_tokens=self.cached_tokens + other.cached_tokens,
+        )
+
 
 class Timings(_Frozen):
     """Where the time of a syscall went, in milliseconds."""

@@ -136,7 +136,7 @@ class Meter:
         """
         with self._charges_lock:
             total, n = self._charges.get(agent, (Usage(), 0))
-            self._charges[agent] = (_plus(total, usage), n + calls)
+            self._charges[agent] = (total.plus(usage), n + calls)
 
     def flush_charges(self) -> None:
         """Write the counted tokens to each agent's current quota period (one write per agent)."""
@@ -289,7 +289,3 @@ def _tokens(doc: Doc) -> int:
 def _extra(agent: str, kind: str, window: Window) -> Doc:
     """Fields of a counter document when it is created (the prune job reads ``expires_at``)."""
     return {"agent": agent, "kind": kind, "window": window.label, "expires_at": window.expires_at}
-
-
-def _plus(a: Usage, b: Usage) -> Usage:
-    return Usage(**{name: getattr(a, name) + getattr(b, name) for name in Usage.model_fields})

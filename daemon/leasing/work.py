@@ -171,7 +171,7 @@ class LeasedWork:
             else:
                 result = _chat_result(out, entry)
                 total, calls = spent.get(env.agent, (Usage(), 0))
-                spent[env.agent] = (_plus(total, usage), calls + 1)
+                spent[env.agent] = (total.plus(usage), calls + 1)
                 self._remember(env, out)
             run_ms = float(entry.get("run_ms") or 0.0)
             timings = Timings(
@@ -281,10 +281,6 @@ class LeasedWork:
         if self._on_usage is not None:
             for agent, (usage, calls) in spent.items():
                 self._on_usage(agent, usage, calls)  # per-period accounting for token quotas
-
-
-def _plus(a: Usage, b: Usage) -> Usage:
-    return Usage(**{name: getattr(a, name) + getattr(b, name) for name in Usage.model_fields})
 
 
 def _chat_result(out: Outcome, doc: Doc) -> dict[str, Any]:
