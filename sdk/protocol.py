@@ -32,6 +32,8 @@ DEAD_LETTER_QUEUE = "aiosd.dead"
 #: Headers set on a dead-lettered message to say why it was refused.
 DEAD_CODE_HEADER = "x-aiosd-error-code"
 DEAD_REASON_HEADER = "x-aiosd-error-reason"
+#: On a dead-lettered copy: the broker user that published the original (the copy has no ``user_id``).
+DEAD_AGENT_HEADER = "x-aiosd-agent"
 #: Reply queues are named ``aiosd.reply.<agent>.<anything>``; brokers grant an
 #: agent only queues under its own prefix.
 REPLY_QUEUE_PREFIX = "aiosd.reply."

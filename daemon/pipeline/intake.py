@@ -142,7 +142,7 @@ class Intake:
                 ErrorCode.TOO_LARGE, f"body is {len(d.body)} bytes; the limit is {self._max_body}", agent=agent
             )
         message_id = _message_id(d, agent)
-        if not reply_allowed(agent, d.reply_to):
+        if d.reply_to and not reply_allowed(agent, d.reply_to):
             raise Rejected(
                 ErrorCode.INVALID_REQUEST,
                 f"reply_to must be one of your own reply queues ({reply_queue_prefix(agent)}*)",
@@ -199,10 +199,13 @@ def reply_allowed(agent: str | None, reply_to: str | None) -> bool:
     """Whether replies may go to ``reply_to``: only the sender's own reply queues.
 
     Otherwise an agent could make the scheduler write into another agent's
-    queue, which the broker forbids the agent to do itself. Unknown senders
-    (no ``user_id``) and the development-only anonymous agent are not checked.
+    queue, which the broker forbids the agent to do itself. A sender without
+    an identity (no ``user_id``) gets no reply at all: whose queue it names
+    cannot be checked. The development-only anonymous agent is not checked.
     """
-    if not reply_to or agent is None or agent == ANONYMOUS:
+    if not reply_to or agent is None:
+        return False
+    if agent == ANONYMOUS:
         return True
     return reply_to.startswith(reply_queue_prefix(agent))
 

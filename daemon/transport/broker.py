@@ -24,6 +24,7 @@ from aiosd.sdk.errors import ServiceUnavailable
 from aiosd.sdk.process.logs import get_logger
 from aiosd.sdk.protocol import (
     CONTENT_TYPE,
+    DEAD_AGENT_HEADER,
     DEAD_CODE_HEADER,
     DEAD_LETTER_EXCHANGE,
     DEAD_LETTER_QUEUE,
@@ -187,12 +188,15 @@ class Broker:
     ) -> None:
         headers: dict[str, Any] = dict(props.headers or {})
         headers.update({DEAD_CODE_HEADER: code, DEAD_REASON_HEADER: reason, "x-aiosd-routing-key": method.routing_key})
+        if props.user_id:
+            headers[DEAD_AGENT_HEADER] = props.user_id
+        # No user_id on the copy: RabbitMQ refuses (and closes the channel for) a user_id
+        # that is not the publishing connection's user, and the scheduler publishes it.
         copy = BasicProperties(
             content_type=props.content_type,
             message_id=props.message_id,
             correlation_id=props.correlation_id,
             reply_to=props.reply_to,
-            user_id=props.user_id,
             priority=props.priority,
             headers=headers,
             delivery_mode=2,

@@ -1,0 +1,65 @@
+"""A registered agent's bad messages cost it an error, never the scheduler its connection.
+
+These publish as a broker identity made by ``aiosd agents add``, not as the
+broker's admin user: the scheduler must handle what any agent can send.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from .harness import AgentRegistry, SchedulerProcess, World
+from .rawamqp import RawAgent
+from .test_bad_input import dead_letter
+
+
+@pytest.fixture(scope="module")
+def hostile(registry: AgentRegistry) -> Iterator[RawAgent]:
+    agent = RawAgent(registry.add("hostile"), user=registry.name("hostile"))
+    yield agent
+    agent.close()
+
+
+@pytest.fixture(scope="module")
+def bystander(registry: AgentRegistry) -> Iterator[RawAgent]:
+    agent = RawAgent(registry.add("bystander"), user=registry.name("bystander"))
+    yield agent
+    agent.close()
+
+
+def test_a_bad_message_is_dead_lettered_with_its_reason_and_the_connection_stays(
+    shared_world: World, scheduler: SchedulerProcess, hostile: RawAgent, bystander: RawAgent, registry: AgentRegistry
+) -> None:
+    for n in range(3):
+        call_id = hostile.publish(b"{not json", routing_key="memory.add", message_id=f"bad-{n}")
+        reply = hostile.wait(call_id)
+        assert (reply["status"], reply["error"]["code"]) == ("error", "malformed")
+        props, body = dead_letter(shared_world, call_id)
+        headers = props.headers or {}
+        assert headers["x-aiosd-error-code"] == "malformed" and "JSON" in headers["x-aiosd-error-reason"]
+        assert headers["x-aiosd-agent"] == registry.name("hostile") and body == b"{not json"
+        started = time.monotonic()
+        ok = bystander.call("memory.add", {"content": f"still served {n}"})
+        assert ok["status"] == "ok" and time.monotonic() - started < 5.0
+    events = [e["event"] for e in scheduler.events()]
+    assert "broker_connection_lost" not in events and "dead_letter_publish_failed" not in events
+
+
+def test_no_reply_goes_to_another_agents_queue_for_a_caller_without_identity(
+    shared_world: World, scheduler: SchedulerProcess, bystander: RawAgent
+) -> None:
+    # Only the broker's own users can publish without user_id; the scheduler still
+    # must not write into a queue the (unknown) sender named: it is not the caller's.
+    intruder = RawAgent(shared_world.amqp_url())
+    try:
+        intruder.reply_queue = bystander.reply_queue
+        call_id = intruder.publish(b'{"syscall": "memory.add", "args": {"content": "x"}}', user_id=None)
+        props, _ = dead_letter(shared_world, call_id)
+        assert (props.headers or {})["x-aiosd-error-code"] == "unauthenticated"
+    finally:
+        intruder.close()
+    method, _props, _body = bystander.ch.basic_get(bystander.reply_queue, auto_ack=True)
+    assert method is None, "the scheduler wrote into another agent's reply queue"
