@@ -9,11 +9,12 @@ properties carry the envelope's identity; the body carries the call.
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ProtocolError
 
@@ -40,6 +41,10 @@ REPLY_QUEUE_PREFIX = "aiosd.reply."
 
 MAX_PRIORITY = 9
 MAX_MESSAGE_ID_LENGTH = 128
+#: Deepest nesting of objects and arrays a message body may have (the body itself is level 1).
+MAX_JSON_DEPTH = 32
+#: Integers must fit in 64 bits (what MongoDB stores); NaN and Infinity are not JSON.
+MIN_INT, MAX_INT = -(2**63), 2**63 - 1
 
 
 def reply_queue_prefix(agent: str) -> str:
@@ -103,6 +108,13 @@ class Request(_Frozen):
         default=None,
         description="Absolute UTC time after which the call must not start (RFC 3339).",
     )
+
+    @field_validator("deadline")
+    @classmethod
+    def _zoned(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.utcoffset() is None:
+            raise ValueError("deadline needs a time zone (RFC 3339, e.g. 2026-01-01T12:00:00Z)")
+        return value
 
 
 class ErrorInfo(_Frozen):
@@ -197,12 +209,47 @@ def decode_reply(body: bytes) -> Reply:
 
 def _load_object(body: bytes) -> dict[str, Any]:
     try:
-        data = json.loads(body)
+        data = json.loads(body, parse_constant=_no_constant, parse_float=_finite)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(ErrorCode.MALFORMED, f"body is not valid UTF-8 JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise ProtocolError(ErrorCode.MALFORMED, f"body nests deeper than {MAX_JSON_DEPTH} levels") from exc
     if not isinstance(data, dict):
         raise ProtocolError(ErrorCode.MALFORMED, "body must be a JSON object")
+    if (problem := storable_problem(data)) is not None:
+        raise ProtocolError(ErrorCode.MALFORMED, problem)
     return data
+
+
+def _no_constant(name: str) -> Any:
+    raise json.JSONDecodeError(f"{name} is not a JSON number", name, 0)
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise json.JSONDecodeError(f"{text[:24]} is out of range for a 64-bit float", text, 0)
+    return value
+
+
+def storable_problem(value: Any) -> str | None:
+    """Why ``value`` (decoded JSON) cannot be stored and read back, or ``None``.
+
+    Too deep (more than :data:`MAX_JSON_DEPTH` levels) or an integer outside
+    64 bits: a database would refuse it, or store it and fail to read it back.
+    Iterative, so a hostile body cannot exhaust the stack.
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                return f"body nests deeper than {MAX_JSON_DEPTH} levels"
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+        elif isinstance(item, int) and not isinstance(item, bool) and not MIN_INT <= item <= MAX_INT:
+            return f"integer {str(item)[:24]}... does not fit in 64 bits"
+    return None
 
 
 def describe_validation(exc: ValidationError) -> str:

@@ -63,3 +63,45 @@ def test_no_reply_goes_to_another_agents_queue_for_a_caller_without_identity(
         intruder.close()
     method, _props, _body = bystander.ch.basic_get(bystander.reply_queue, auto_ack=True)
     assert method is None, "the scheduler wrote into another agent's reply queue"
+
+
+UNSTORABLE = [
+    pytest.param(b'{"syscall": "memory.add", "args": {"content": "x", "metadata": {"a": NaN}}}', "NaN", id="nan"),
+    pytest.param(b'{"syscall": "memory.add", "args": {"content": "x", "metadata": {"a": 1e999}}}', "float", id="inf"),
+    pytest.param(
+        b'{"syscall": "memory.add", "args": {"content": "x", "metadata": {"n": 1180591620717411303424}}}',
+        "64 bits",
+        id="int-beyond-64-bits",
+    ),
+    pytest.param(
+        b'{"syscall": "memory.add", "args": {"content": "x", "metadata": '
+        + b'{"a": ' * 300
+        + b"1"
+        + b"}" * 300
+        + b"}}",
+        "deeper",
+        id="deep-metadata",
+    ),
+    pytest.param(b'{"syscall": "memory.add", "args": ' + b"[" * 5000 + b"]" * 5000 + b"}", "deeper", id="deep-array"),
+]
+
+
+@pytest.mark.parametrize(("body", "says"), UNSTORABLE)
+def test_what_cannot_be_stored_and_read_back_is_malformed(
+    shared_world: World, scheduler: SchedulerProcess, hostile: RawAgent, bystander: RawAgent, body: bytes, says: str
+) -> None:
+    call_id = hostile.publish(body)
+    reply = hostile.wait(call_id)
+    assert (reply["status"], reply["error"]["code"]) == ("error", "malformed") and says in reply["error"]["message"]
+    props, _ = dead_letter(shared_world, call_id)
+    assert (props.headers or {})["x-aiosd-error-code"] == "malformed"
+    assert bystander.call("memory.add", {"content": "served as ever"})["status"] == "ok"
+    assert shared_world.db().memory.count_documents({"content": "x"}) == 0
+
+
+def test_a_deadline_without_a_time_zone_is_answered_at_once(hostile: RawAgent, scheduler: SchedulerProcess) -> None:
+    body = b'{"syscall": "memory.add", "args": {"content": "y"}, "deadline": "2030-01-01T00:00:00"}'
+    started = time.monotonic()
+    reply = hostile.wait(hostile.publish(body), timeout=10)
+    assert (reply["status"], reply["error"]["code"]) == ("error", "invalid_request")
+    assert "time zone" in reply["error"]["message"] and time.monotonic() - started < 5.0

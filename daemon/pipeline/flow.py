@@ -33,6 +33,7 @@ from aiosd.daemon.audit.chain import AuditLog, Decision, Entry
 from aiosd.daemon.errors import Denied, SyscallFailed
 from aiosd.daemon.pipeline.intake import Accepted, Intake, Rejected, reply_allowed
 from aiosd.daemon.pipeline.kernel import Kernel
+from aiosd.daemon.pipeline.poison import PoisonGuard
 from aiosd.daemon.pipeline.records import Envelope, Records, elapsed_ms
 from aiosd.daemon.services.context import CallContext
 from aiosd.daemon.store import Doc
@@ -155,6 +156,7 @@ class Pipeline:
         self._gate = gate
         self._running: set[str] = set()
         self._running_lock = threading.Lock()
+        self._poison = PoisonGuard()
 
     # -- deliveries ------------------------------------------------------------
 
@@ -170,10 +172,13 @@ class Pipeline:
         try:
             work = self._take(batch)
         except TRANSIENT as exc:
-            log.error("store_unavailable", deliveries=len(batch), error=str(exc))
-            time.sleep(RETRY_PAUSE)
-            for d in batch:
-                d.nack(True)
+            if len(batch) > 1 and self._poison.store_works():
+                # The store serves other work: find the message it keeps failing on.
+                log.warning("batch_split", deliveries=len(batch), error=f"{type(exc).__name__}: {exc}")
+                for d in batch:
+                    self.handle([d])
+                return
+            self._hand_back(batch, exc)
             return
         except Exception as exc:  # a message the store refuses is poison: never retry it
             if len(batch) > 1:
@@ -184,10 +189,25 @@ class Pipeline:
             log.exception("delivery_refused", message_id=batch[0].message_id)
             self._refuse(batch[0], f"the request could not be stored: {type(exc).__name__}: {exc}")
             return
+        self._poison.stored(batch)
         try:
             self._run(work)
         except Exception:
             log.exception("syscalls_deferred_to_sweep", syscalls=len(work.new))
+
+    def _hand_back(self, batch: list[Delivery], exc: Exception) -> None:
+        """Transient store trouble: redeliver the batch, but give up a message that keeps failing alone."""
+        log.error("store_unavailable", deliveries=len(batch), error=str(exc))
+        time.sleep(RETRY_PAUSE)
+        for d in batch:
+            attempts = self._poison.failed(d)
+            if attempts is None:
+                d.nack(True)
+            else:
+                log.error("poison_message", message_id=d.message_id, agent=d.user_id, attempts=attempts)
+                self._refuse(
+                    d, f"gave up after {attempts} attempts to store it; the last error: {type(exc).__name__}: {exc}"
+                )
 
     def _take(self, batch: list[Delivery]) -> Work:
         """Admit and persist a batch, audit it, settle its messages; return the work left after the acks."""

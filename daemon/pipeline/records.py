@@ -128,6 +128,10 @@ class Records:
     def _by_id(self, collection: Collection[Doc], keys: list[str]) -> dict[str, Doc]:
         return {doc["_id"]: doc for doc in collection.find({"_id": {"$in": keys}})}
 
+    def mark_unrecoverable(self, key: str, reason: str) -> None:
+        """Keep a record recovery cannot read, out of recovery's way (an operator can inspect it)."""
+        self._live.update_one({"_id": key}, {"$set": {"state": "unrecoverable", "error": reason}})
+
     def result(self, key: str) -> Doc | None:
         """The result document of a completed syscall."""
         return self._results.find_one({"_id": key})

@@ -14,12 +14,16 @@ from collections.abc import Callable
 from typing import Protocol
 
 from pydantic import BaseModel
+from pymongo.errors import PyMongoError
 
 from aiosd.daemon.pipeline.flow import Completion
 from aiosd.daemon.pipeline.records import Envelope, Records, envelope_from_record
 from aiosd.daemon.store import Doc
-from aiosd.sdk.protocol import Reply
+from aiosd.sdk.process.logs import get_logger
+from aiosd.sdk.protocol import ErrorCode, Reply
 from aiosd.sdk.syscalls import CATALOGUE
+
+log = get_logger(__name__)
 
 #: Serve an accepted syscall (the pipeline's ``execute``).
 Execute = Callable[[Envelope, BaseModel], None]
@@ -42,21 +46,47 @@ class Recovery:
         self._gate = gate
 
     def recover(self, older_than: float = 0.0) -> int:
-        """Handle live records accepted at least ``older_than`` seconds ago; return how many."""
+        """Handle live records accepted at least ``older_than`` seconds ago; return how many.
+
+        A record that fails is isolated: its syscall is failed with an
+        ``internal`` reply (or, if even its envelope cannot be read, marked
+        ``unrecoverable`` and skipped from then on) and recovery goes on.
+        """
         count = 0
         for doc in self._records.live(older_than):
-            env = envelope_from_record(doc)
-            done = self._records.result(env.key)
-            if done is not None:
-                self._completion.send(env, Reply.model_validate(done["reply"]))
-            elif doc["state"] == "accepted":
-                # A call that needs approval may have been stored but not parked before a crash.
-                if self._gate is None or not self._gate.hold(doc):
-                    self._execute(env, _args_of(env))
-            else:
-                continue  # queued or leased: the dispatcher owns it
-            count += 1
+            try:
+                count += self._recover_one(doc)
+            except PyMongoError:
+                raise  # the store itself: the next sweep tries again
+            except Exception as exc:
+                log.exception("recovery_failed", key=doc.get("_id"))
+                self._give_up(doc, exc)
         return count
+
+    def _recover_one(self, doc: Doc) -> int:
+        env = envelope_from_record(doc)
+        done = self._records.result(env.key)
+        if done is not None:
+            self._completion.send(env, Reply.model_validate(done["reply"]))
+        elif doc["state"] == "accepted":
+            # A call that needs approval may have been stored but not parked before a crash.
+            if self._gate is None or not self._gate.hold(doc):
+                self._execute(env, _args_of(env))
+        else:
+            return 0  # queued or leased: the dispatcher owns it; unrecoverable: given up
+        return 1
+
+    def _give_up(self, doc: Doc, exc: Exception) -> None:
+        reason = f"the call could not be finished after a restart: {type(exc).__name__}"
+        try:
+            env = envelope_from_record(doc)
+            failure = Reply.failure(env.message_id, env.request.syscall, ErrorCode.INTERNAL, reason)
+            self._completion.finish_many([(env, failure)])
+        except PyMongoError:
+            raise
+        except Exception:
+            log.exception("record_unrecoverable", key=doc.get("_id"))
+            self._records.mark_unrecoverable(str(doc["_id"]), reason)
 
 
 def _args_of(env: Envelope) -> BaseModel:

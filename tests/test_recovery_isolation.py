@@ -1,0 +1,51 @@
+"""Recovery isolates a record it cannot finish: that syscall fails, the others are finished."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiosd.sdk.protocol import utcnow
+
+from .harness import SchedulerProcess, World
+
+
+def _record(message_id: str, **changes: Any) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "_id": f"guest/{message_id}",
+        "id": message_id,
+        "agent": "guest",
+        "syscall": "memory.add",
+        "args": {"content": f"recovered {message_id}"},
+        "session": None,
+        "program": None,
+        "deadline": None,
+        "priority": 0,
+        "reply_to": None,
+        "correlation_id": message_id,
+        "state": "accepted",
+        "accepted_at": utcnow(),
+    }
+    record.update(changes)
+    return record
+
+
+def test_a_record_recovery_cannot_finish_does_not_block_the_others(
+    world: World, make_scheduler: Callable[..., SchedulerProcess]
+) -> None:
+    db = world.db()
+    bad_args = _record("bad-args", args={"content": ""})  # stored by an older version, refused by today's model
+    unreadable = {k: v for k, v in _record("unreadable").items() if k != "agent"}
+    db.syscalls.insert_many([_record("first"), bad_args, unreadable, _record("last")])
+
+    scheduler = make_scheduler().start()
+    deadline = time.monotonic() + 30
+    while db.results.count_documents({}) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    results = {r["id"]: r["reply"] for r in db.results.find({})}
+    assert results["first"]["status"] == results["last"]["status"] == "ok"
+    assert (results["bad-args"]["status"], results["bad-args"]["error"]["code"]) == ("error", "internal")
+    assert db.memory.count_documents({}) == 2
+    assert db.syscalls.find_one({"_id": "guest/unreadable"})["state"] == "unrecoverable"  # type: ignore[index]
+    assert any(e["event"] == "recovery_failed" for e in scheduler.events())
