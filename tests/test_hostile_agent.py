@@ -6,9 +6,11 @@ broker's admin user: the scheduler must handle what any agent can send.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 
+import pika
 import pytest
 
 from .harness import AgentRegistry, SchedulerProcess, World
@@ -105,3 +107,53 @@ def test_a_deadline_without_a_time_zone_is_answered_at_once(hostile: RawAgent, s
     reply = hostile.wait(hostile.publish(body), timeout=10)
     assert (reply["status"], reply["error"]["code"]) == ("error", "invalid_request")
     assert "time zone" in reply["error"]["message"] and time.monotonic() - started < 5.0
+
+
+def _nested(depth: int) -> dict[str, object]:
+    table: dict[str, object] = {"end": 1}
+    for _ in range(depth):
+        table = {"t": table}
+    return table
+
+
+def test_a_header_table_pika_cannot_decode_is_dead_lettered_and_the_scheduler_stays_up(
+    shared_world: World, scheduler: SchedulerProcess, hostile: RawAgent, bystander: RawAgent
+) -> None:
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(20_000)  # encoding the table takes a deep stack here; decoding it must not break there
+    try:
+        props = pika.BasicProperties(
+            message_id="poison-header",
+            user_id=hostile.user,
+            reply_to=hostile.reply_queue,
+            content_type="application/json",
+            headers={"deep": _nested(1500)},
+        )
+        hostile.ch.basic_publish("aiosd.ingress", "memory.add", b'{"syscall": "memory.add", "args": {}}', props)
+    finally:
+        sys.setrecursionlimit(limit)
+    dead, _ = _dead_by_reason(shared_world)
+    assert (dead.headers or {})["x-aiosd-error-code"] == "malformed"
+    assert "could not be decoded" in (dead.headers or {})["x-aiosd-error-reason"]
+    assert bystander.call("memory.add", {"content": "after the poison header"})["status"] == "ok"
+    assert scheduler.proc.poll() is None  # still running
+    assert "broker_connection_lost" not in [e["event"] for e in scheduler.events()]
+
+
+def _dead_by_reason(world: World, timeout: float = 15.0) -> tuple[pika.BasicProperties, bytes]:
+    """The dead letter whose properties could not be decoded (it has no message_id any more)."""
+    conn = world.pika()
+    ch = conn.channel()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            # Others stay unacked (and so out of the way) until the channel closes, then return to the queue.
+            method, props, body = ch.basic_get("aiosd.dead", auto_ack=False)
+            if method is None:
+                time.sleep(0.1)
+            elif "x-aiosd-undecodable-properties" in (props.headers or {}):
+                ch.basic_ack(method.delivery_tag)
+                return props, body
+    finally:
+        conn.close()
+    raise AssertionError("the message with undecodable properties was not dead-lettered")

@@ -17,6 +17,7 @@ from aiosd.daemon.access.authorizer import Admission, Ask, Refused
 from aiosd.daemon.errors import DaemonError
 from aiosd.daemon.pipeline.records import Envelope
 from aiosd.daemon.transport.delivery import Delivery
+from aiosd.daemon.transport.properties import UNDECODABLE_HEADER
 from aiosd.sdk.errors import ProtocolError
 from aiosd.sdk.protocol import (
     MAX_MESSAGE_ID_LENGTH,
@@ -136,6 +137,8 @@ class Intake:
 
     def _check(self, d: Delivery) -> tuple[Ask, str]:
         """Everything but authorization: identity, size, properties, JSON, envelope, arguments."""
+        if (broken := d.headers.get(UNDECODABLE_HEADER)) is not None:
+            raise Rejected(ErrorCode.MALFORMED, f"the message's AMQP properties could not be decoded: {broken}")
         agent = self._identity(d)
         if len(d.body) > self._max_body:
             raise Rejected(

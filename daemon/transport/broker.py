@@ -19,6 +19,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
 from aiosd.daemon.transport.delivery import Delivery
+from aiosd.daemon.transport.properties import install as install_tolerant_properties
 from aiosd.sdk.cluster import EVENTS_QUEUE, WORKER_EXCHANGE
 from aiosd.sdk.errors import ServiceUnavailable
 from aiosd.sdk.process.logs import get_logger
@@ -63,6 +64,7 @@ class Broker:
     """One connection to RabbitMQ: consume the ingress queue, publish replies."""
 
     def __init__(self, url: str, prefetch: int) -> None:
+        install_tolerant_properties()  # a hostile header table must not raise out of pika's I/O loop
         params = pika.URLParameters(url)
         params.heartbeat = 30
         params.blocked_connection_timeout = 60
