@@ -71,6 +71,8 @@ class Completion:
         self._submit = submit
         self._sent: list[str] = []
         self._sent_lock = threading.Lock()
+        #: Duplicates that arrived while their original ran: (reply_to, correlation_id) by key.
+        self._waiting: dict[str, list[tuple[str, str]]] = {}
 
     def finish(self, env: Envelope, reply: Reply) -> None:
         """Commit ``reply`` as the syscall's result, audit it and send it (first completion wins)."""
@@ -83,9 +85,27 @@ class Completion:
         for env, reply in won:
             self.send(env, reply)
 
+    def answer_later(self, duplicate: Envelope) -> None:
+        """A duplicate of a call still running: it gets the reply too, once the call finishes."""
+        if duplicate.reply_to is None:
+            return
+        with self._sent_lock:
+            self._waiting.setdefault(duplicate.key, []).append((duplicate.reply_to, duplicate.correlation_id))
+        done = self._records.result(duplicate.key)  # it may have finished before we listened
+        if done is not None:
+            self._send_to_waiting(duplicate.key, Reply.model_validate(done["reply"]))
+
+    def _send_to_waiting(self, key: str, reply: Reply) -> None:
+        with self._sent_lock:
+            waiting = self._waiting.pop(key, [])
+        for reply_to, correlation_id in waiting:
+            self._outbox.reply(reply_to, correlation_id, reply, _noop)
+
     def send(self, env: Envelope, reply: Reply) -> None:
-        """Send a committed reply; its live record is retired once the broker has it."""
+        """Send a committed reply (and to duplicates that waited for it); retire the live record then."""
         key = env.key
+        if self._waiting:
+            self._send_to_waiting(key, reply)
         if env.reply_to is None:
             self._sent_one(key)
             return
@@ -233,6 +253,7 @@ class Pipeline:
                 self._completion.send(env, Reply.model_validate(doc["reply"]))
             else:
                 log.info("duplicate_in_progress", message_id=env.message_id, agent=env.agent)
+                self._completion.answer_later(env)
         by_syscall: dict[str, list[Accepted]] = {}
         for a in work.new:
             if a.needs_approval and self._gate is not None:
@@ -261,7 +282,9 @@ class Pipeline:
         """Reply to a rejected delivery (where allowed), then dead-letter or ack it."""
         log.warning("rejected", message_id=d.message_id, agent=rej.agent, code=rej.code.value, reason=rej.reason)
         if d.reply_to and reply_allowed(rej.agent, d.reply_to):
-            reply = Reply.failure(d.message_id or "", rej.syscall, rej.code, rej.reason, status=rej.status)
+            # Without a message_id the reply carries the correlation_id as its id.
+            reply_id = d.message_id or d.correlation_id or ""
+            reply = Reply.failure(reply_id, rej.syscall, rej.code, rej.reason, status=rej.status)
             self._outbox.reply(d.reply_to, d.correlation_id or d.message_id or "", reply, _noop)
         if rej.dead_letter:
             d.dead_letter(rej.code.value, rej.reason)

@@ -20,8 +20,11 @@ from aiosd.daemon.transport.delivery import Delivery
 from aiosd.daemon.transport.properties import UNDECODABLE_HEADER
 from aiosd.sdk.errors import ProtocolError
 from aiosd.sdk.protocol import (
+    CONTENT_TYPE,
     MAX_MESSAGE_ID_LENGTH,
     MAX_PRIORITY,
+    PROTOCOL_VERSION,
+    VERSION_HEADER,
     ErrorCode,
     Status,
     decode_request,
@@ -145,6 +148,7 @@ class Intake:
                 ErrorCode.TOO_LARGE, f"body is {len(d.body)} bytes; the limit is {self._max_body}", agent=agent
             )
         message_id = _message_id(d, agent)
+        _check_envelope(d, agent)
         if d.reply_to and not reply_allowed(agent, d.reply_to):
             raise Rejected(
                 ErrorCode.INVALID_REQUEST,
@@ -155,6 +159,13 @@ class Intake:
             request = decode_request(d.body)
         except ProtocolError as exc:
             raise Rejected(exc.code, exc.message, agent=agent) from exc
+        if d.routing_key and d.routing_key != request.syscall:
+            raise Rejected(
+                ErrorCode.INVALID_REQUEST,
+                f"routing key {d.routing_key!r} does not match the body's syscall {request.syscall!r}",
+                agent=agent,
+                syscall=request.syscall,
+            )
         spec = CATALOGUE.get(request.syscall)
         if spec is None:
             raise Rejected(
@@ -211,6 +222,25 @@ def reply_allowed(agent: str | None, reply_to: str | None) -> bool:
     if agent == ANONYMOUS:
         return True
     return reply_to.startswith(reply_queue_prefix(agent))
+
+
+def _check_envelope(d: Delivery, agent: str) -> None:
+    """The AMQP properties that say how to read the body: JSON, UTF-8, protocol version 1."""
+    if d.content_type and d.content_type.split(";")[0].strip().lower() != CONTENT_TYPE:
+        raise Rejected(
+            ErrorCode.INVALID_REQUEST, f"content_type must be {CONTENT_TYPE}, not {d.content_type!r}", agent=agent
+        )
+    if d.content_encoding and d.content_encoding.strip().lower() not in ("utf-8", "utf8"):
+        raise Rejected(
+            ErrorCode.INVALID_REQUEST, f"content_encoding must be utf-8, not {d.content_encoding!r}", agent=agent
+        )
+    version = d.headers.get(VERSION_HEADER)
+    if version is not None and version != PROTOCOL_VERSION:
+        raise Rejected(
+            ErrorCode.UNSUPPORTED_VERSION,
+            f"header {VERSION_HEADER}={version!r} is not supported (this server speaks {PROTOCOL_VERSION})",
+            agent=agent,
+        )
 
 
 def _message_id(d: Delivery, agent: str) -> str:

@@ -133,6 +133,8 @@ class Broker:
             routing_key=method.routing_key or "",
             headers=dict(props.headers or {}),
             redelivered=bool(method.redelivered),
+            content_type=props.content_type,
+            content_encoding=props.content_encoding,
             tag=tag,
             ack_many=self.ack_many,
         )

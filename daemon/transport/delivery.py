@@ -33,6 +33,8 @@ class Delivery:
     headers: dict[str, Any] = field(default_factory=dict)
     redelivered: bool = False
     received_at: datetime = field(default_factory=utcnow)
+    content_type: str | None = None
+    content_encoding: str | None = None
     tag: int = 0
     ack_many: Callable[[list[int]], None] | None = None
 
