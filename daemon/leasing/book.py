@@ -62,7 +62,8 @@ class LeaseBook:
         self._live = live
         self._entries: dict[str, Doc] = {}
         self._heap = _Heap(order)
-        self._pending: list[UpdateOne] = []
+        #: Transitions not written yet, merged into one update per call.
+        self._pending: dict[str, Doc] = {}
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
 
@@ -87,15 +88,26 @@ class LeaseBook:
             return len(self._entries)
 
     def flush(self) -> None:
-        """Write the queued transitions to the live records (one bulk write, in order)."""
+        """Write the pending transitions to the live records: one update per call, one bulk write."""
         with self._flush_lock:
             with self._lock:
-                ops, self._pending = self._pending, []
+                pending, self._pending = self._pending, {}
+            ops = [UpdateOne({"_id": key}, {op: fields for op, fields in update.items() if fields})
+                   for key, update in pending.items()]  # fmt: skip
             if ops:
-                self._live.bulk_write(ops, ordered=True)
+                self._live.bulk_write(ops, ordered=False)
 
     def _record(self, key: str, update: Doc) -> None:
-        self._pending.append(UpdateOne({"_id": key}, update))
+        """Merge ``update`` into the call's pending one (a call queued and leased in one round: one write)."""
+        merged = self._pending.setdefault(key, {"$set": {}, "$inc": {}, "$unset": {}})
+        for name, value in update.get("$set", {}).items():
+            merged["$unset"].pop(name, None)
+            merged["$set"][name] = value
+        for name, value in update.get("$inc", {}).items():
+            _add(merged, name, value)
+        for name in update.get("$unset", {}):
+            merged["$set"].pop(name, None)
+            merged["$unset"][name] = ""
 
     # -- transitions -------------------------------------------------------------------
 
@@ -228,7 +240,7 @@ class LeaseBook:
                 return None
             self._add_usage(entry, update, usage, run_ms)
             entry["slices"] += 1
-            return self._drop(entry, update)
+            return self._drop(entry)
 
     def give_up(self, key: str, lease_id: str | None) -> Doc | None:
         """Take a call out of the book to fail it; ``None`` if it moved on (or its lease is stale)."""
@@ -240,7 +252,7 @@ class LeaseBook:
                 return None
             if lease_id is not None and self._current(key, lease_id) is None:
                 return None
-            return self._drop(entry, {"$set": {"state": SETTLING}})
+            return self._drop(entry)
 
     def read(self, keys: list[str]) -> dict[str, Doc]:
         """The live records of ``keys`` (arguments, prompt, snapshot), by ``_id``, in one read."""
@@ -259,10 +271,11 @@ class LeaseBook:
         lease = entry.get("lease") if entry else None
         return entry if entry is not None and entry["state"] == LEASED and lease and lease["id"] == lease_id else None
 
-    def _drop(self, entry: Doc, update: Doc) -> Doc:
+    def _drop(self, entry: Doc) -> Doc:
+        # Not written: the result the caller commits next is the record of this call's end (and its
+        # live record is then retired); a crash before that leaves it leased, to be run again.
         entry["state"] = SETTLING
         del self._entries[entry["_id"]]
-        self._record(entry["_id"], update)
         return entry
 
     def _push(self, entry: Doc, bump: bool = True) -> None:
@@ -310,3 +323,16 @@ def _entry(record: Doc, hint: Doc) -> Doc:
         "run_ms": 0.0,
         "version": 0,
     }
+
+
+def _add(merged: Doc, name: str, value: Any) -> None:
+    """Add ``value`` to ``name`` in a merged update without touching a path twice (servers refuse that)."""
+    top, _, sub = name.partition(".")
+    if name in merged["$set"]:
+        merged["$set"][name] += value
+    elif sub and isinstance(merged["$set"].get(top), dict):
+        inner = dict(merged["$set"][top])
+        inner[sub] = inner.get(sub, 0) + value
+        merged["$set"][top] = inner
+    else:
+        merged["$inc"][name] = merged["$inc"].get(name, 0) + value

@@ -84,3 +84,21 @@ def test_expired_leases_held_calls_and_caps_come_from_memory(book: LeaseBook) ->
     lease_of_m0 = next(e["lease"]["id"] for e in book.held_by("w1") if e["id"] == "m0")
     assert book.give_up("a/m0", "stale") is None
     assert book.give_up("a/m0", lease_of_m0) is not None and len(book) == 3
+
+
+def test_transitions_of_one_call_are_merged_into_one_pending_write(book: LeaseBook) -> None:
+    book.enqueue(_record(1))
+    entry = book.take(1)[0]
+    lease_id = book.grant(entry, "w1", ttl=30)["lease"]["id"]  # type: ignore[index]
+    book.requeue(entry["_id"], lease_id, usage=Usage(prompt_tokens=2), run_ms=1.5)
+    pending = book._pending  # white box: what flush() would write
+    assert list(pending) == [entry["_id"]]
+    update = pending[entry["_id"]]
+    assert update["$set"]["state"] == QUEUED and "lease" not in update["$set"] and "lease" in update["$unset"]
+    # Fields the enqueue set are added to in place: one path is never both set and incremented.
+    assert (update["$set"]["attempts"], update["$set"]["run_ms"], update["$set"]["usage"]["prompt_tokens"]) == (
+        1,
+        1.5,
+        2,
+    )
+    assert not set(update["$inc"]) & {"attempts", "run_ms"} and not any(k.startswith("usage") for k in update["$inc"])
