@@ -154,8 +154,11 @@ build_ferretdb() {
     cp -r "$src" "$tmp/src"
     chmod -R u+w "$tmp/src"
     echo "$FERRETDB_VERSION" >"$tmp/src/build/version/version.txt"
-    patch -s -d "$tmp/src" -p1 <"$FERRETDB_PATCH" \
-        || { rm -rf "$tmp"; die "could not apply $FERRETDB_PATCH to FerretDB $FERRETDB_VERSION"; }
+    if command -v patch >/dev/null; then
+        patch -s -d "$tmp/src" -p1 <"$FERRETDB_PATCH"
+    else
+        git -C "$tmp/src" apply -p1 "$FERRETDB_PATCH"
+    fi || { rm -rf "$tmp"; die "could not apply $FERRETDB_PATCH to FerretDB $FERRETDB_VERSION"; }
     (cd "$tmp/src" && CGO_ENABLED=0 "$go" build -trimpath -o "$FERRETDB.tmp" ./cmd/ferretdb) \
         || { rm -rf "$tmp" "$FERRETDB.tmp"; die "FerretDB build failed"; }
     rm -rf "$tmp"
