@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pika
@@ -23,25 +23,29 @@ def agent(shared_world: World, scheduler: SchedulerProcess) -> Iterator[RawAgent
     a.close()
 
 
-def dead_letter(world: World, message_id: str, timeout: float = 15.0) -> tuple[pika.BasicProperties, bytes]:
-    """Take the dead-lettered copy of ``message_id`` off ``aiosd.dead``."""
+def dead_letter(
+    world: World,
+    message_id: str | None,
+    timeout: float = 15.0,
+    match: Callable[[pika.BasicProperties], bool] | None = None,
+) -> tuple[pika.BasicProperties, bytes]:
+    """Take the dead-lettered copy of ``message_id`` (or the first that ``match``es) off ``aiosd.dead``."""
+    wanted = match or (lambda props: props.message_id == message_id)
     conn = world.pika()
     ch = conn.channel()
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
+            # Others stay unacked (out of the way) until the channel closes, then return to the queue.
             method, props, body = ch.basic_get("aiosd.dead", auto_ack=False)
             if method is None:
                 time.sleep(0.1)
-                continue
-            if props.message_id == message_id:
+            elif wanted(props):
                 ch.basic_ack(method.delivery_tag)
                 return props, body
-            ch.basic_nack(method.delivery_tag, requeue=True)
-            time.sleep(0.05)
     finally:
         conn.close()
-    raise AssertionError(f"{message_id} was not dead-lettered")
+    raise AssertionError(f"{message_id or 'the expected message'} was not dead-lettered")
 
 
 def audit_of(world: World, message_id: str, timeout: float = 10.0) -> dict[str, Any]:

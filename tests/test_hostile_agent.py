@@ -132,28 +132,11 @@ def test_a_header_table_pika_cannot_decode_is_dead_lettered_and_the_scheduler_st
         hostile.ch.basic_publish("aiosd.ingress", "memory.add", b'{"syscall": "memory.add", "args": {}}', props)
     finally:
         sys.setrecursionlimit(limit)
-    dead, _ = _dead_by_reason(shared_world)
+    dead, _ = dead_letter(
+        shared_world, None, match=lambda props: "x-aiosd-undecodable-properties" in (props.headers or {})
+    )
     assert (dead.headers or {})["x-aiosd-error-code"] == "malformed"
     assert "could not be decoded" in (dead.headers or {})["x-aiosd-error-reason"]
     assert bystander.call("memory.add", {"content": "after the poison header"})["status"] == "ok"
     assert scheduler.proc.poll() is None  # still running
     assert "broker_connection_lost" not in [e["event"] for e in scheduler.events()]
-
-
-def _dead_by_reason(world: World, timeout: float = 15.0) -> tuple[pika.BasicProperties, bytes]:
-    """The dead letter whose properties could not be decoded (it has no message_id any more)."""
-    conn = world.pika()
-    ch = conn.channel()
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            # Others stay unacked (and so out of the way) until the channel closes, then return to the queue.
-            method, props, body = ch.basic_get("aiosd.dead", auto_ack=False)
-            if method is None:
-                time.sleep(0.1)
-            elif "x-aiosd-undecodable-properties" in (props.headers or {}):
-                ch.basic_ack(method.delivery_tag)
-                return props, body
-    finally:
-        conn.close()
-    raise AssertionError("the message with undecodable properties was not dead-lettered")
