@@ -49,3 +49,26 @@ def test_a_record_recovery_cannot_finish_does_not_block_the_others(
     assert db.memory.count_documents({}) == 2
     assert db.syscalls.find_one({"_id": "guest/unreadable"})["state"] == "unrecoverable"  # type: ignore[index]
     assert any(e["event"] == "recovery_failed" for e in scheduler.events())
+
+
+def test_memory_quota_counts_are_recounted_for_agents_with_memory_calls_in_flight(
+    world: World, make_scheduler: Callable[..., SchedulerProcess]
+) -> None:
+    from aiosd.sdk.protocol import utcnow as now
+
+    db = world.db()
+    db.memory.insert_many([
+        {"_id": f"n{i}", "agent": "guest", "content": "abc", "tags": [], "metadata": {}, "deleted": False,
+         "created_at": now(), "updated_at": now()}
+        for i in range(3)
+    ])  # fmt: skip
+    # A crash between reserving quota and storing the note left the count one note high.
+    db.counters.insert_one({"_id": "guest:memory", "agent": "guest", "kind": "memory", "notes": 4, "bytes": 12})
+    db.syscalls.insert_one(_record("in-flight"))  # the memory.add that was running
+    scheduler = make_scheduler().start()
+    deadline = time.monotonic() + 30
+    while db.results.count_documents({"id": "in-flight"}) == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    counter = db.counters.find_one({"_id": "guest:memory"})
+    assert counter is not None and (counter["notes"], counter["bytes"]) == (4, 3 * 3 + len("recovered in-flight"))
+    assert next(e for e in scheduler.events() if e["event"] == "scheduler_ready")["quotas_recounted"] == 1

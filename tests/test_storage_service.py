@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -95,3 +96,23 @@ def test_quota_holds_under_concurrent_writes(db: Any) -> None:
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(write, range(30)))
     assert results.count(True) == 10 and used(db) == 1000
+
+
+def test_a_blob_whose_write_crashed_before_its_version_is_swept(db: Any) -> None:
+    from datetime import timedelta
+
+    from aiosd.daemon.services.storage.blobs import UPLOADS, Blobs
+
+    svc = service(db)
+    big = b"x" * (300 * 1024)  # above INLINE_MAX: goes to GridFS
+    svc.write(ctx("w-kept"), StorageWriteArgs(path="/kept.bin", base64=base64.b64encode(big).decode()))
+    blobs = Blobs(db)
+    orphan = blobs.place(big, "crashed-write")  # uploaded, then the scheduler died before the version
+    assert db[UPLOADS].count_documents({}) == 1  # only the orphan's intent: the committed one was cleared
+    assert blobs.sweep_orphans(db["storage_versions"], grace=timedelta(hours=1)) == 0  # still within grace
+    assert blobs.sweep_orphans(db["storage_versions"], grace=timedelta(0)) == 1
+    assert db["storage_blobs.files"].count_documents({"_id": orphan["blob"]}) == 0
+    assert db["storage_blobs.chunks"].count_documents({"files_id": orphan["blob"]}) == 0
+    assert db[UPLOADS].count_documents({}) == 0
+    read = svc.read(ctx("r"), StorageReadArgs(path="/kept.bin", encoding="base64"))
+    assert base64.b64decode(read.base64 or "") == big  # the committed file is untouched

@@ -128,6 +128,11 @@ class Counters:
             except DuplicateKeyError:
                 self._col.update_one({"_id": key}, {"$inc": amounts})
 
+    def set(self, key: str, values: dict[str, int], extra: Doc) -> None:
+        """Set ``values`` outright (a recount), creating the document if needed."""
+        with self._lock(key):
+            self._col.update_one({"_id": key}, {"$set": values, "$setOnInsert": extra}, upsert=True)
+
     def get(self, key: str) -> Doc | None:
         """One counter document."""
         return self._col.find_one({"_id": key})

@@ -101,5 +101,8 @@ class Kernel:
         """``syscall.result``: the caller's own stored reply, by id."""
         doc = self._records.get(ctx.agent, args.id)
         if doc is None:
-            raise NotFound(f"no syscall {args.id!r} from this agent")
+            raise NotFound(
+                f"no syscall {args.id!r} from this agent is stored: never sent, or still waiting in the queue"
+                " (ask again later)"
+            )
         return StoredResult(id=args.id, state=doc["state"], reply=doc.get("reply"))

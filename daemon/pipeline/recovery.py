@@ -25,6 +25,9 @@ from aiosd.sdk.syscalls import CATALOGUE
 
 log = get_logger(__name__)
 
+#: Syscalls that change an agent's memory quota usage.
+MEMORY_WRITES = frozenset({"memory.add", "memory.update", "memory.delete"})
+
 #: Serve an accepted syscall (the pipeline's ``execute``).
 Execute = Callable[[Envelope, BaseModel], None]
 
@@ -39,11 +42,35 @@ class Holder(Protocol):
 class Recovery:
     """Finishes accepted syscalls and re-sends replies that may not have left."""
 
-    def __init__(self, records: Records, completion: Completion, execute: Execute, gate: Holder | None = None) -> None:
+    def __init__(
+        self,
+        records: Records,
+        completion: Completion,
+        execute: Execute,
+        gate: Holder | None = None,
+        recount: Callable[[str], None] | None = None,
+    ) -> None:
         self._records = records
         self._completion = completion
         self._execute = execute
         self._gate = gate
+        self._recount = recount
+
+    def recount_quotas(self) -> int:
+        """Before serving again: recount the memory quota of agents whose memory syscalls were in flight."""
+        if self._recount is None:
+            return 0
+        agents = {doc.get("agent") for doc in self._records.live() if doc.get("syscall") in MEMORY_WRITES}
+        done = 0
+        for agent in sorted(a for a in agents if isinstance(a, str)):
+            try:
+                self._recount(agent)
+                done += 1
+            except PyMongoError:
+                raise
+            except Exception:  # one agent's odd notes must not stop the scheduler from starting
+                log.exception("quota_recount_failed", agent=agent)
+        return done
 
     def recover(self, older_than: float = 0.0) -> int:
         """Handle live records accepted at least ``older_than`` seconds ago; return how many.

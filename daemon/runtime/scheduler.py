@@ -70,6 +70,7 @@ class Scheduler:
             self.store.ensure_indexes()
             self.graph.counters.ensure_indexes()
             loaded = self.leased.book.load(self.settings.lease_ttl)
+            recounted = self.graph.recovery.recount_quotas()  # before anything is served again
             self._attach(self._connect(self.settings.connect_timeout))
         except ServiceUnavailable:
             if self.lifecycle.stop_requested.is_set():
@@ -87,6 +88,7 @@ class Scheduler:
             prefetch=self.settings.prefetch,
             policy=self.settings.policy,
             leased_calls=loaded,
+            quotas_recounted=recounted,
         )
         try:
             self._loop()

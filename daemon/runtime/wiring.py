@@ -47,6 +47,8 @@ from aiosd.sdk.registry import ToolRegistry
 
 log = get_logger(__name__)
 
+#: Seconds between sweeps for blobs of writes that crashed mid-way (the first runs at start).
+ORPHAN_INTERVAL = 600.0
 #: Seconds between prunes of ended counter windows.
 PRUNE_INTERVAL = 60.0
 #: Seconds a sent reply's live record may wait to be retired with others.
@@ -148,7 +150,7 @@ def build_scheduler(settings: Settings) -> SchedulerGraph:
         may_retry=tools.may_retry,
     )
     pipeline = Pipeline(intake, records, audit, kernel, completion, outbox, leased, approvals)
-    recovery = Recovery(records, completion, pipeline.execute, approvals)
+    recovery = Recovery(records, completion, pipeline.execute, approvals, recount=memory.recount)
     dispatcher = Dispatcher(
         leased,
         ordering,
@@ -172,6 +174,7 @@ def build_scheduler(settings: Settings) -> SchedulerGraph:
     housekeeping.every(HEAD_INTERVAL, "audit_head", audit.advance_head)
     housekeeping.every(CHARGE_INTERVAL, "token_charges", meter.flush_charges)
     housekeeping.every(STORAGE_SWEEP_INTERVAL, "storage_sweep", storage.sweep)
+    housekeeping.every(ORPHAN_INTERVAL, "storage_orphans", storage.sweep_orphans)
     return SchedulerGraph(
         store, threads, outbox, pipeline, recovery, completion, leased, dispatcher, housekeeping, counters, audit, meter
     )

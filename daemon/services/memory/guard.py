@@ -43,6 +43,10 @@ class PolicyMemoryGuard:
                 f"{_limit(policy.memory_bytes)} bytes of content (delete notes to make room)"
             )
 
+    def recount(self, agent: str, notes: int, nbytes: int) -> None:
+        """Set the agent's memory usage to what its notes really hold (after a crash)."""
+        self._counters.set(memory_key(agent), {"notes": notes, "bytes": nbytes}, {"agent": agent, "kind": "memory"})
+
     def release(self, agent: str, notes: int, nbytes: int) -> None:
         """Give back what :meth:`reserve` counted (a note deleted or shrunk)."""
         self._counters.add(memory_key(agent), {"notes": -notes, "bytes": -nbytes}, {"agent": agent, "kind": "memory"})

@@ -47,6 +47,8 @@ class MemoryGuard(Protocol):
 
     def reserve(self, agent: str, notes: int, nbytes: int) -> None: ...
 
+    def recount(self, agent: str, notes: int, nbytes: int) -> None: ...
+
     def release(self, agent: str, notes: int, nbytes: int) -> None: ...
 
 
@@ -132,6 +134,22 @@ class MemoryService:
             for _, doc, size in docs:
                 self._release(doc["agent"], 1, size)
             raise
+
+    def recount(self, agent: str) -> None:
+        """Make the agent's memory quota count its live notes exactly.
+
+        A crash between reserving quota and storing a note leaves the count one
+        note high; the scheduler recounts the agents that had memory syscalls in
+        flight before it serves again. Reads every live note of the agent: a
+        recovery step, never on the hot path.
+        """
+        if self._guard is None:
+            return
+        notes = nbytes = 0
+        for doc in self._col.find({"agent": agent, "deleted": False}, {"content": 1}):
+            notes += 1
+            nbytes += _size(doc["content"])
+        self._guard.recount(agent, notes, nbytes)
 
     def _release(self, agent: str, notes: int, nbytes: int) -> None:
         if self._guard is not None and (notes or nbytes):

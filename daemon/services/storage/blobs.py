@@ -11,22 +11,36 @@ FerretDB pushes only ``_id`` filters down, so reading or deleting a blob scans
 the whole ``chunks`` collection (about 1.3 s per read with 60 MB of other
 blobs stored). MongoDB uses GridFS's ``files_id`` index. Keeping small files
 inline keeps the common case off that path on every server.
+
+A blob is uploaded before the version that points to it is committed, so a
+crash in between (or during the upload) would leave it behind. Each upload
+therefore first records an intent (``storage_uploads``, by the blob's id),
+removed once its version is committed or the blob dropped; the housekeeping
+job :meth:`Blobs.sweep_orphans` drops the blobs of intents left older than a
+grace period that no version points to.
 """
 
 from __future__ import annotations
 
 import hashlib
 import uuid
+from datetime import timedelta
 
 from bson import Binary
 from gridfs import GridFSBucket, NoFile
+from pymongo.collection import Collection
 from pymongo.database import Database
 
 from aiosd.daemon.store import Doc
+from aiosd.sdk.protocol import utcnow
 
 #: Content above this many bytes goes to GridFS.
 INLINE_MAX = 256 * 1024
 BUCKET = "storage_blobs"
+#: Uploads in progress: one intent per blob until its version is committed.
+UPLOADS = "storage_uploads"
+#: An upload intent older than this, with no version pointing to its blob, is an orphan.
+ORPHAN_GRACE = timedelta(minutes=15)
 
 
 class Blobs:
@@ -36,6 +50,7 @@ class Blobs:
         self._fs = GridFSBucket(db, bucket_name=BUCKET)
         self._files = db[f"{BUCKET}.files"]
         self._chunks = db[f"{BUCKET}.chunks"]
+        self._uploads = db[UPLOADS]
         self._inline_max = inline_max
 
     def place(self, data: bytes, name: str) -> Doc:
@@ -44,8 +59,26 @@ class Blobs:
             return {"data": Binary(data)}
         # A fresh id per attempt: a retried write never collides with the blob of a crashed one.
         blob_id = uuid.uuid4().hex
+        self._uploads.insert_one({"_id": blob_id, "started_at": utcnow()})
         self._fs.upload_from_stream_with_id(blob_id, name, data, metadata={"sha256": _sha256(data)})
         return {"blob": blob_id}
+
+    def committed(self, doc: Doc) -> None:
+        """The version locating this blob is committed: its upload is no longer in doubt."""
+        if "blob" in doc:
+            self._uploads.delete_one({"_id": doc["blob"]})
+
+    def sweep_orphans(self, versions: Collection[Doc], grace: timedelta = ORPHAN_GRACE) -> int:
+        """Drop blobs whose upload never got a version (a crash mid-write); return how many."""
+        stale = [d["_id"] for d in self._uploads.find({"started_at": {"$lt": utcnow() - grace}}, {"_id": 1})]
+        if not stale:
+            return 0
+        # Rare (crashes only), so this read by a non-_id field may scan: it is not on the hot path.
+        kept = {d["blob"] for d in versions.find({"blob": {"$in": stale}}, {"blob": 1})}
+        orphans = [blob for blob in stale if blob not in kept]
+        self.drop_many(orphans)
+        self._uploads.delete_many({"_id": {"$in": stale}})
+        return len(orphans)
 
     def load(self, doc: Doc) -> bytes:
         """The content a version document locates."""
@@ -63,6 +96,7 @@ class Blobs:
             self._fs.delete(blob_id)
         except NoFile:
             pass  # already gone: a prune or purge repeated after a crash
+        self._uploads.delete_one({"_id": blob_id})
 
     def drop_many(self, blob_ids: list[str]) -> None:
         """Delete many blobs at once.

@@ -215,6 +215,10 @@ class FileStore:
         self._discard(owner, path, list(head["versions"]))
         return after, int(head["bytes"])
 
+    def sweep_orphans(self) -> int:
+        """Drop blobs left by writes that crashed before their version was committed."""
+        return self._blobs.sweep_orphans(self._versions)
+
     def sweep(self, batch: int = SWEEP_BATCH) -> int:
         """Delete discarded versions and their blobs, a batch at a time; return how many."""
         trash = list(self._trash.find({}).limit(batch))
@@ -236,6 +240,7 @@ class FileStore:
             doc = {"_id": version_id(owner, path, entry["v"]), "owner": owner, "path": path, **entry, **placed}
             try:
                 self._versions.insert_one(doc)
+                self._blobs.committed(placed)
                 return entry
             except DuplicateKeyError:
                 existing = self._versions.find_one({"_id": doc["_id"]}, {"data": 0})

@@ -218,6 +218,13 @@ class StorageService:
             log.info("storage_swept", versions=count)
         return count
 
+    def sweep_orphans(self) -> int:
+        """Housekeeping: drop blobs of writes that crashed mid-way (see :meth:`~.blobs.Blobs.sweep_orphans`)."""
+        count = self.files.sweep_orphans()
+        if count:
+            log.warning("storage_orphans_dropped", blobs=count)
+        return count
+
     # -- access ------------------------------------------------------------------
 
     def _authorize(self, ctx: CallContext, owner: str | None, path: str, mode: Mode) -> str:
