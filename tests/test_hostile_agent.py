@@ -140,3 +140,20 @@ def test_a_header_table_pika_cannot_decode_is_dead_lettered_and_the_scheduler_st
     assert bystander.call("memory.add", {"content": "after the poison header"})["status"] == "ok"
     assert scheduler.proc.poll() is None  # still running
     assert "broker_connection_lost" not in [e["event"] for e in scheduler.events()]
+
+
+def test_a_message_id_that_is_not_utf8_is_malformed_and_audited(
+    shared_world: World, scheduler: SchedulerProcess, hostile: RawAgent
+) -> None:
+    props = pika.BasicProperties(message_id=b"\xff\xfe-not-text", user_id=hostile.user, content_type="application/json")
+    hostile.ch.basic_publish(
+        "aiosd.ingress", "memory.add", b'{"syscall": "memory.add", "args": {"content": "z"}}', props
+    )
+    dead, _ = dead_letter(
+        shared_world, None, match=lambda p: "not UTF-8" in str((p.headers or {}).get("x-aiosd-error-reason"))
+    )
+    assert (dead.headers or {})["x-aiosd-error-code"] == "malformed"
+    deadline = time.monotonic() + 10
+    while not shared_world.db().audit.find_one({"code": "malformed", "reason": {"$regex": "not UTF-8"}}):
+        assert time.monotonic() < deadline, "the refusal was not audited"
+        time.sleep(0.1)

@@ -16,6 +16,17 @@ from typing import Any
 
 import pika.spec
 
+#: Properties that must be text.
+TEXT_FIELDS = (
+    "content_type",
+    "content_encoding",
+    "correlation_id",
+    "reply_to",
+    "message_id",
+    "type",
+    "user_id",
+    "app_id",
+)
 #: Header set on properties that could not be decoded; its value says why.
 UNDECODABLE_HEADER = "x-aiosd-undecodable-properties"
 
@@ -26,11 +37,17 @@ class TolerantProperties(pika.spec.BasicProperties):  # type: ignore[misc]
     def decode(self, encoded: bytes, offset: int = 0) -> Any:
         """Decode as pika does; on failure keep only the marker header."""
         try:
-            return super().decode(encoded, offset)
+            decoded = super().decode(encoded, offset)
         except Exception as exc:  # whatever a hostile table makes pika raise
-            self.__init__()  # type: ignore[misc]
-            self.headers = {UNDECODABLE_HEADER: f"{type(exc).__name__}: {str(exc)[:200]}"}
-            return self
+            return self._undecodable(f"{type(exc).__name__}: {str(exc)[:200]}")
+        # pika hands back a short string that is not UTF-8 as bytes: not text, so not ours to read.
+        raw = [name for name in TEXT_FIELDS if isinstance(getattr(self, name, None), bytes)]
+        return self._undecodable(f"{', '.join(raw)} not UTF-8 text") if raw else decoded
+
+    def _undecodable(self, why: str) -> Any:
+        self.__init__()  # type: ignore[misc]
+        self.headers = {UNDECODABLE_HEADER: why}
+        return self
 
 
 def install() -> None:
