@@ -83,3 +83,21 @@ def test_a_duplicate_of_a_running_call_gets_the_reply_when_the_call_finishes(
         first.close()
         again.close()
         worker.stop()
+
+
+def test_two_copies_of_one_call_in_one_batch_run_it_once_and_both_are_answered(
+    world: World, make_scheduler: Callable[..., SchedulerProcess]
+) -> None:
+    # A long batch wait puts both copies (as a client's reconnect may publish them) in one batch.
+    make_scheduler(batch_wait_ms="300").start()
+    first, again = RawAgent(world.amqp_url()), RawAgent(world.amqp_url())
+    try:
+        body = json.dumps({"syscall": "memory.add", "args": {"content": "copied"}}).encode()
+        first.publish(body, message_id="twice-in-a-batch")
+        again.publish(body, message_id="twice-in-a-batch")
+        one, two = first.wait("twice-in-a-batch", timeout=15), again.wait("twice-in-a-batch", timeout=15)
+        assert one["status"] == two["status"] == "ok" and one["result"] == two["result"]
+        assert world.db().memory.count_documents({"content": "copied"}) == 1
+    finally:
+        first.close()
+        again.close()

@@ -235,15 +235,18 @@ class Pipeline:
         accepted = [(d, v) for d, v in zip(batch, verdicts, strict=True) if isinstance(v, Accepted)]
         rejected = [(d, v) for d, v in zip(batch, verdicts, strict=True) if isinstance(v, Rejected)]
         new, existing = self._records.insert_many([a.envelope for _, a in accepted]) if accepted else ([], {})
-        fresh = {env.key for env in new}
-        entries = [entry(a.envelope, Decision.ACCEPTED) for _, a in accepted if a.envelope.key in fresh]
+        fresh = {id(env) for env in new}  # by identity: two copies of one call may share a batch
+        entries = [entry(a.envelope, Decision.ACCEPTED) for _, a in accepted if id(a.envelope) in fresh]
         entries += [_rejection(d, rej) for d, rej in rejected]
         self._audit.record_many(entries)
         for d, rej in rejected:
             self._answer(d, rej)
         ack_all([d for d, _ in accepted])
-        duplicates = [(a.envelope, existing[a.envelope.key]) for _, a in accepted if a.envelope.key in existing]
-        return Work([a for _, a in accepted if a.envelope.key in fresh], duplicates)
+        # A duplicate's record: the stored one, or none yet (a copy of a call first stored in this batch).
+        duplicates = [
+            (a.envelope, existing.get(a.envelope.key, {})) for _, a in accepted if id(a.envelope) not in fresh
+        ]
+        return Work([a for _, a in accepted if id(a.envelope) in fresh], duplicates)
 
     def _run(self, work: Work) -> None:
         for env, doc in work.duplicates:

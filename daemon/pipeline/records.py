@@ -72,8 +72,14 @@ class Records:
         One unordered insert; the unique ``_id`` reports duplicates, so nothing is
         read first. One read by ``_id`` then finds which new ones were finished
         before (late duplicates: their live record is removed again), and one
-        more reads the records the duplicates collided with.
+        more reads the records the duplicates collided with. Of several copies
+        of one call in the batch only the first is stored; the caller treats the
+        others as duplicates of a call in progress.
         """
+        firsts: dict[str, Envelope] = {}
+        for env in envs:
+            firsts.setdefault(env.key, env)
+        envs = list(firsts.values())
         docs = [_record(env) for env in envs]
         colliding: set[str] = set()
         try:
