@@ -9,6 +9,7 @@ back to RabbitMQ when the connection closes.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -45,7 +46,9 @@ class Scheduler:
         self._threads = self.graph.threads
         self._outbox = self.graph.outbox
         self._broker: Broker | None = None
-        self._batcher = Batcher(settings.batch_size, settings.batch_wait_ms / 1000.0, self._on_batch)
+        self._serving = 0  # ingress batches being served now
+        self._serving_lock = threading.Lock()
+        self._batcher = Batcher(settings.batch_size, settings.batch_wait_ms / 1000.0, self._on_batch, self._idle)
         self._events = Batcher(settings.batch_size, settings.batch_wait_ms / 1000.0, self._on_event_batch)
 
     def submit(self, fn: Callable[[], None]) -> None:
@@ -192,7 +195,21 @@ class Scheduler:
         self._batcher.add(d)
 
     def _on_batch(self, batch: list[Delivery]) -> None:
-        self.submit(lambda: self.pipeline.handle(batch))
+        with self._serving_lock:
+            self._serving += 1
+        self.submit(lambda: self._serve(batch))
+
+    def _serve(self, batch: list[Delivery]) -> None:
+        try:
+            self.pipeline.handle(batch)
+        finally:
+            with self._serving_lock:
+                self._serving -= 1
+
+    def _idle(self) -> bool:
+        """No ingress batch is being served: a delivery need not wait for others."""
+        with self._serving_lock:
+            return self._serving == 0
 
     def _on_event(self, d: Delivery) -> None:
         self._events.add(d)

@@ -168,3 +168,22 @@ def test_a_batch_keeps_its_order_and_mixes_rejections_with_admissions() -> None:
     first, third = verdicts[0], verdicts[2]
     assert not isinstance(first, Rejected) and first.envelope.message_id == "a"
     assert not isinstance(third, Rejected) and third.envelope.priority == 7
+
+
+def test_a_lone_delivery_goes_at_once_when_nothing_is_being_served_and_gathers_otherwise() -> None:
+    from aiosd.daemon.transport.batcher import Batcher
+
+    flushed: list[int] = []
+    busy = {"serving": False}
+    batcher = Batcher(4, 10.0, lambda b: flushed.append(len(b)), idle=lambda: not busy["serving"])
+    batcher.add(_delivery(ADD))  # idle and light: at once
+    assert flushed == [1]
+    busy["serving"] = True
+    for _ in range(3):
+        batcher.add(_delivery(ADD))
+    assert flushed == [1] and len(batcher) == 3 and not batcher.due()  # gathering while a batch is served
+    batcher.add(_delivery(ADD))  # full
+    assert flushed == [1, 4]
+    busy["serving"] = False
+    batcher.add(_delivery(ADD))  # the last batch was large: wait for others even when idle
+    assert flushed == [1, 4] and len(batcher) == 1
