@@ -208,7 +208,13 @@ class Transport:
         for _ in range(min(len(self._outbox), _WRITE_BATCH)):
             call = self._outbox.popleft()
             if self._calls.get(call.call_id) is call:  # not forgotten meanwhile
-                self._write(session, call)
+                try:
+                    self._write(session, call)
+                except BaseException:
+                    # The connection died under this write: the call is neither sent nor
+                    # confirmed, so recovery would skip it. Back to the front of the line.
+                    self._outbox.appendleft(call)
+                    raise
 
     def _write(self, session: Session, call: Outgoing) -> None:
         props: dict[str, Any] = {
