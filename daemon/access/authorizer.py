@@ -81,10 +81,6 @@ class Meter:
         self._charges: dict[str, tuple[Usage, int]] = {}
         self._charges_lock = threading.Lock()
 
-    def admit(self, agent: str, policy: Policy, syscall: str) -> Refusal | None:
-        """Count one request; return why it is over a limit (and count nothing), or ``None``."""
-        return self.admit_many(agent, policy, [syscall])[0]
-
     def admit_many(self, agent: str, policy: Policy, syscalls: list[str]) -> list[Refusal | None]:
         """Count a batch of one agent's requests with one write per counter.
 

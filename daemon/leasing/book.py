@@ -218,7 +218,7 @@ class LeaseBook:
             entry = self._current(key, lease_id)
             if entry is None:
                 return None
-            self._add_usage(entry, update, usage, run_ms)
+            update["$inc"].update(_add_usage(entry, usage, run_ms))
             if snapshot is not None:
                 update["$set"]["snapshot"] = snapshot.model_dump()
                 update["$inc"]["slices"] = 1
@@ -233,12 +233,11 @@ class LeaseBook:
 
     def settle(self, key: str, lease_id: str, usage: Usage | None = None, run_ms: float = 0.0) -> Doc | None:
         """Take the call out of the book for the outcome of ``lease_id``; ``None`` if that lease is stale."""
-        update: dict[str, Any] = {"$set": {"state": SETTLING}, "$inc": {"slices": 1}}
         with self._lock:
             entry = self._current(key, lease_id)
             if entry is None:
                 return None
-            self._add_usage(entry, update, usage, run_ms)
+            _add_usage(entry, usage, run_ms)
             entry["slices"] += 1
             return self._drop(entry)
 
@@ -283,16 +282,18 @@ class LeaseBook:
             entry["version"] += 1
         heapq.heappush(self._heap.items, (self._heap.key(entry), next(self._heap.seq), entry["_id"], entry["version"]))
 
-    @staticmethod
-    def _add_usage(entry: Doc, update: dict[str, Any], usage: Usage | None, run_ms: float) -> None:
-        update["$inc"]["run_ms"] = run_ms
-        entry["run_ms"] = float(entry.get("run_ms") or 0.0) + run_ms
-        if usage is not None:
-            totals = dict(entry.get("usage") or {})
-            for name, value in usage.model_dump().items():
-                update["$inc"][f"usage.{name}"] = value
-                totals[name] = int(totals.get(name) or 0) + value
-            entry["usage"] = totals
+
+def _add_usage(entry: Doc, usage: Usage | None, run_ms: float) -> Doc:
+    """Add a slice's usage to ``entry``; return the same as ``$inc`` fields of its live record."""
+    inc: Doc = {"run_ms": run_ms}
+    entry["run_ms"] = float(entry.get("run_ms") or 0.0) + run_ms
+    if usage is not None:
+        totals = dict(entry.get("usage") or {})
+        for name, value in usage.model_dump().items():
+            inc[f"usage.{name}"] = value
+            totals[name] = int(totals.get(name) or 0) + value
+        entry["usage"] = totals
+    return inc
 
 
 def hint_of(record: Doc) -> Doc:

@@ -70,10 +70,6 @@ class Dispatcher:
         self._wake.set()
         self._thread.join(timeout=10)
 
-    def wake(self) -> None:
-        """Run a round soon (thread-safe)."""
-        self._wake.set()
-
     def _run(self) -> None:
         while not self._stop.is_set():
             self._wake.wait(IDLE_WAIT)

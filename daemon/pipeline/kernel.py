@@ -68,10 +68,6 @@ class Kernel:
         #: Syscalls whose service writes a batch with one round trip (group commit).
         self._batched: dict[str, BatchHandler] = {"memory.add": memory.add_many}
 
-    def serves(self, syscall: str) -> bool:
-        """Whether this kernel has a handler for ``syscall``."""
-        return syscall in self._table
-
     def run(self, ctx: CallContext, args: BaseModel) -> BaseModel:
         """Serve one syscall."""
         return self._table[ctx.syscall](ctx, args)
