@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Protocol
 
 from pydantic import BaseModel
@@ -85,6 +86,19 @@ class Completion:
         for env, reply in won:
             self.send(env, reply)
 
+    def finish_unstored(self, finished: list[tuple[Envelope, Reply]]) -> None:
+        """Commit, audit and send replies of calls that were never stored live (see :meth:`Pipeline.handle`).
+
+        Their acceptance is audited here, next to the outcome, in the same append.
+        """
+        won = self._records.complete_many(finished)
+        entries: list[Entry] = []
+        for env, reply in won:
+            entries += [entry(env, Decision.ACCEPTED), entry(env, _decision(reply), reply)]
+        self._audit.record_many(entries)
+        for env, reply in won:
+            self.send(env, reply, live=False)
+
     def answer_later(self, duplicate: Envelope) -> None:
         """A duplicate of a call still running: it gets the reply too, once the call finishes."""
         if duplicate.reply_to is None:
@@ -101,15 +115,16 @@ class Completion:
         for reply_to, correlation_id in waiting:
             self._outbox.reply(reply_to, correlation_id, reply, _noop)
 
-    def send(self, env: Envelope, reply: Reply) -> None:
+    def send(self, env: Envelope, reply: Reply, live: bool = True) -> None:
         """Send a committed reply (and to duplicates that waited for it); retire the live record then."""
         key = env.key
         if self._waiting:
             self._send_to_waiting(key, reply)
+        on_sent: Callable[[], None] = partial(self._sent_one, key) if live else _noop
         if env.reply_to is None:
-            self._sent_one(key)
+            on_sent()
             return
-        self._outbox.reply(env.reply_to, env.correlation_id, reply, lambda: self._sent_one(key))
+        self._outbox.reply(env.reply_to, env.correlation_id, reply, on_sent)
 
     def _sent_one(self, key: str) -> None:
         with self._sent_lock:
@@ -209,11 +224,36 @@ class Pipeline:
             log.exception("delivery_refused", message_id=batch[0].message_id)
             self._refuse(batch[0], f"the request could not be stored: {type(exc).__name__}: {exc}")
             return
-        self._poison.stored(batch)
+        unacked = {id(d) for d in work.unacked}
+        self._poison.stored([d for d in batch if id(d) not in unacked])
         try:
             self._run(work)
         except Exception:
             log.exception("syscalls_deferred_to_sweep", syscalls=len(work.new))
+        if work.direct:
+            self._serve_unstored(work.direct)
+
+    def _serve_unstored(self, calls: list[tuple[Delivery, Accepted]]) -> None:
+        """Serve kernel calls that were not stored live; on failure their messages go back (never raises)."""
+        try:
+            self._direct(calls)
+        except TRANSIENT as exc:
+            if len(calls) > 1 and self._poison.store_works():
+                for call in calls:
+                    self._serve_unstored([call])
+                return
+            self._hand_back([d for d, _ in calls], exc)
+            return
+        except Exception as exc:
+            if len(calls) > 1:
+                log.warning("batch_split", deliveries=len(calls), error=f"{type(exc).__name__}: {exc}")
+                for call in calls:
+                    self._serve_unstored([call])
+                return
+            log.exception("delivery_refused", message_id=calls[0][0].message_id)
+            self._refuse(calls[0][0], f"the request could not be served: {type(exc).__name__}: {exc}")
+            return
+        self._poison.stored([d for d, _ in calls])
 
     def _hand_back(self, batch: list[Delivery], exc: Exception) -> None:
         """Transient store trouble: redeliver the batch, but give up a message that keeps failing alone."""
@@ -230,10 +270,16 @@ class Pipeline:
                 )
 
     def _take(self, batch: list[Delivery]) -> Work:
-        """Admit and persist a batch, audit it, settle its messages; return the work left after the acks."""
+        """Admit and persist a batch, audit it, settle its messages; return the work left after the acks.
+
+        Calls the kernel serves at once are not stored live: their messages
+        stay unacknowledged until the reply is out (:meth:`_direct`).
+        """
         verdicts = self._intake.admit_many(batch)
         accepted = [(d, v) for d, v in zip(batch, verdicts, strict=True) if isinstance(v, Accepted)]
         rejected = [(d, v) for d, v in zip(batch, verdicts, strict=True) if isinstance(v, Rejected)]
+        direct = [(d, a) for d, a in accepted if self._served_now(a)]
+        accepted = [(d, a) for d, a in accepted if not self._served_now(a)]
         new, existing = self._records.insert_many([a.envelope for _, a in accepted]) if accepted else ([], {})
         fresh = {id(env) for env in new}  # by identity: two copies of one call may share a batch
         entries = [entry(a.envelope, Decision.ACCEPTED) for _, a in accepted if id(a.envelope) in fresh]
@@ -246,17 +292,48 @@ class Pipeline:
         duplicates = [
             (a.envelope, existing.get(a.envelope.key, {})) for _, a in accepted if id(a.envelope) not in fresh
         ]
-        return Work([a for _, a in accepted if id(a.envelope) in fresh], duplicates)
+        return Work([a for _, a in accepted if id(a.envelope) in fresh], duplicates, direct)
+
+    def _served_now(self, a: Accepted) -> bool:
+        """A call the kernel serves on this thread: no worker, no approval."""
+        return not is_leased(a.envelope.request.syscall) and not (a.needs_approval and self._gate is not None)
+
+    def _direct(self, calls: list[tuple[Delivery, Accepted]]) -> None:
+        """Serve kernel calls without a live record, then reply, then acknowledge.
+
+        The unacknowledged message is the durable record: after a crash RabbitMQ
+        redelivers it and it runs again (kernel syscalls are idempotent on their
+        message id); a copy that arrives once its result is stored is answered
+        from it. Copies of a call running on another thread wait for its reply.
+        """
+        firsts: dict[str, Accepted] = {}
+        copies: list[Envelope] = []
+        for _, a in calls:
+            if a.envelope.key in firsts or not self._claim(a.envelope.key):
+                copies.append(a.envelope)
+            else:
+                firsts[a.envelope.key] = a
+        try:
+            stored = self._records.lookup(list(firsts)) if firsts else {}
+            for key, doc in stored.items():
+                env = firsts.pop(key).envelope
+                self._release(key)
+                self._answer_duplicate(env, doc)
+            for env in copies:
+                self._completion.answer_later(env)
+            by_syscall: dict[str, list[Accepted]] = {}
+            for a in firsts.values():
+                by_syscall.setdefault(a.envelope.request.syscall, []).append(a)
+            finished = [pair for syscall, group in by_syscall.items() for pair in self._serve_many(syscall, group)]
+            self._completion.finish_unstored(finished)
+        finally:
+            for key in firsts:
+                self._release(key)
+        ack_all([d for d, _ in calls])  # after the replies: the connection thread sends in order
 
     def _run(self, work: Work) -> None:
         for env, doc in work.duplicates:
-            if doc.get("reply"):
-                # A re-published or redelivered duplicate: answer again, never re-run.
-                log.info("duplicate_answered", message_id=env.message_id, agent=env.agent)
-                self._completion.send(env, Reply.model_validate(doc["reply"]))
-            else:
-                log.info("duplicate_in_progress", message_id=env.message_id, agent=env.agent)
-                self._completion.answer_later(env)
+            self._answer_duplicate(env, doc)
         by_syscall: dict[str, list[Accepted]] = {}
         for a in work.new:
             if a.needs_approval and self._gate is not None:
@@ -271,6 +348,16 @@ class Pipeline:
             finally:
                 for a in calls:
                     self._release(a.envelope.key)
+
+    def _answer_duplicate(self, env: Envelope, doc: Doc) -> None:
+        """A copy of a stored call: answer it with the stored reply, or once the call finishes."""
+        if doc.get("reply"):
+            # A re-published or redelivered duplicate: answer again, never re-run.
+            log.info("duplicate_answered", message_id=env.message_id, agent=env.agent)
+            self._completion.send(env, Reply.model_validate(doc["reply"]))
+        else:
+            log.info("duplicate_in_progress", message_id=env.message_id, agent=env.agent)
+            self._completion.answer_later(env)
 
     def _refuse(self, d: Delivery, reason: str) -> None:
         rej = Rejected(ErrorCode.INVALID_ARGS, reason, agent=d.user_id)
@@ -371,6 +458,13 @@ class Work:
 
     new: list[Accepted]
     duplicates: list[tuple[Envelope, Doc]]
+    #: Kernel calls served before their messages are acknowledged.
+    direct: list[tuple[Delivery, Accepted]]
+
+    @property
+    def unacked(self) -> list[Delivery]:
+        """Deliveries still to settle."""
+        return [d for d, _ in self.direct]
 
 
 def _rejection(d: Delivery, rej: Rejected) -> Entry:
