@@ -58,6 +58,9 @@ class Store:
         self.audit.create_index([("ts", 1)])
         self.audit.create_index([("agent", 1), ("ts", 1)])
         self.memory.create_index([("agent", 1), ("deleted", 1)])
+        self.db["tasks"].create_index([("agent", 1), ("batch", 1), ("_id", 1)])
+        self.db["batches"].create_index([("state", 1)])
+        self.db["batches"].create_index([("created_at", -1)])
 
     def close(self) -> None:
         """Close the pooled connections."""

@@ -16,6 +16,7 @@ from .calls import (
     Call,
     CallOptions,
     R,
+    build_request,
     memory_add,
     memory_delete,
     memory_get,
@@ -89,7 +90,7 @@ class AsyncClient:
 
     async def request(self, syscall: str, args: dict[str, Any] | None = None, **options: Unpack[CallOptions]) -> Reply:
         """Send a syscall and return its full :class:`Reply`, whatever the status."""
-        req = Request(syscall=syscall, args=args or {}, session=options.get("session"), program=options.get("program"))
+        req = build_request(syscall, args, options)
         return await self._send(req, options.get("priority", 0), options.get("timeout"), options.get("message_id"))
 
     async def call(self, syscall: str, args: dict[str, Any] | None = None, **options: Unpack[CallOptions]) -> Any:

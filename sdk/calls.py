@@ -27,6 +27,7 @@ from .syscalls import (
     SearchResult,
     StoredResult,
 )
+from .tasks import TaskBinding
 from .tools import ToolCallArgs, ToolCallResult, ToolListArgs, ToolListResult
 
 R = TypeVar("R", bound=BaseModel)
@@ -40,6 +41,18 @@ class CallOptions(TypedDict, total=False):
     session: str | None  # conversation session (llm.chat uses and extends it)
     program: str | None  # groups the calls of one agent run
     message_id: str | None  # idempotency key; a new UUID by default
+    task: TaskBinding | None  # runners: the task (and lease) the call is made for
+
+
+def build_request(syscall: str, args: dict[str, Any] | None, options: CallOptions) -> Request:
+    """The wire request of ``request``/``call`` on both clients."""
+    return Request(
+        syscall=syscall,
+        args=args or {},
+        session=options.get("session"),
+        program=options.get("program"),
+        task=options.get("task"),
+    )
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from .calls import (
     Call,
     CallOptions,
     R,
+    build_request,
     memory_add,
     memory_delete,
     memory_get,
@@ -87,7 +88,7 @@ class Client:
 
     def request(self, syscall: str, args: dict[str, Any] | None = None, **options: Unpack[CallOptions]) -> Reply:
         """Send a syscall and return its full :class:`Reply`, whatever the status."""
-        req = Request(syscall=syscall, args=args or {}, session=options.get("session"), program=options.get("program"))
+        req = build_request(syscall, args, options)
         return self._send(req, options.get("priority", 0), options.get("timeout"), options.get("message_id"))
 
     def call(self, syscall: str, args: dict[str, Any] | None = None, **options: Unpack[CallOptions]) -> Any:

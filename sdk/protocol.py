@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ProtocolError
+from .tasks import TaskBinding
 
 PROTOCOL_VERSION = 1
 CONTENT_TYPE = "application/json"
@@ -85,6 +86,7 @@ class ErrorCode(str, Enum):
     UNAVAILABLE = "unavailable"
     TIMEOUT = "timeout"  # client-side: no reply in time
     INTERNAL = "internal"
+    REPLAY_DIVERGED = "replay_diverged"  # a task's re-run made a different call than the stored one
 
 
 class _Frozen(BaseModel):
@@ -107,6 +109,10 @@ class Request(_Frozen):
     deadline: datetime | None = Field(
         default=None,
         description="Absolute UTC time after which the call must not start (RFC 3339).",
+    )
+    task: TaskBinding | None = Field(
+        default=None,
+        description="Runners only: the task (and the lease on it) this call is made for; it runs as the task's agent.",
     )
 
     @field_validator("deadline")

@@ -40,6 +40,22 @@ from .storage import (
     StorageUnshareArgs,
     StorageWriteArgs,
 )
+from .tasks import (
+    BatchInfo,
+    BatchRef,
+    BatchSubmitArgs,
+    TaskFinishArgs,
+    TaskFinished,
+    TaskHeartbeat,
+    TaskHeartbeatArgs,
+    TaskInfo,
+    TaskList,
+    TaskListArgs,
+    TaskRef,
+    TaskStart,
+    TaskStartArgs,
+    TaskSubmitArgs,
+)
 from .tools import ToolCallArgs, ToolCallResult, ToolListArgs, ToolListResult
 
 MAX_NOTE_CHARS = 65_536
@@ -204,6 +220,16 @@ CATALOGUE: dict[str, Syscall] = {
         ),
         Syscall("tool.list", ToolListArgs, ToolListResult, "List the tools the caller may call, with their schemas."),
         Syscall("syscall.result", ResultArgs, StoredResult, "Fetch a syscall's stored reply by id."),
+        Syscall("task.submit", TaskSubmitArgs, TaskInfo, "Queue a run of a registered agent program."),
+        Syscall("task.get", TaskRef, TaskInfo, "Fetch one of the caller's tasks."),
+        Syscall("task.cancel", TaskRef, TaskInfo, "Cancel a queued or running task."),
+        Syscall("task.list", TaskListArgs, TaskList, "List the caller's tasks, of one batch or submitted alone."),
+        Syscall("task.start", TaskStartArgs, TaskStart, "Runners: take the lease on a task."),
+        Syscall("task.heartbeat", TaskHeartbeatArgs, TaskHeartbeat, "Runners: renew task leases."),
+        Syscall("task.finish", TaskFinishArgs, TaskFinished, "Runners: end a task with its output or error."),
+        Syscall("batch.submit", BatchSubmitArgs, BatchInfo, "Queue many tasks of one program together."),
+        Syscall("batch.get", BatchRef, BatchInfo, "A batch and its progress."),
+        Syscall("batch.cancel", BatchRef, BatchInfo, "Cancel a batch's queued and running tasks."),
     )
 }
 

@@ -233,6 +233,22 @@ class ToolsProcess(SchedulerProcess):
         return self
 
 
+class RunnerProcess(SchedulerProcess):
+    """An ``aiosd runner`` subprocess acting as the broker user of ``amqp_url``."""
+
+    def __init__(self, world: World, log_dir: Path, amqp_url: str, **settings: str) -> None:
+        super().__init__(world, log_dir, **settings)
+        self.env["AIOSD_AMQP_URL"] = amqp_url
+        self.log_path = log_dir / f"runner-{uuid.uuid4().hex[:6]}.log"
+
+    def start(self, wait: bool = True, *args: str) -> RunnerProcess:
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(aiosd_command("runner", *args), env=self.env, stdout=self._log, stderr=self._log)
+        if wait:
+            self.wait_for("runner_ready", timeout=60.0)
+        return self
+
+
 # -- agents (identities with policies) -------------------------------------------------
 
 MGMT_URL = f"http://{HOST}:{MGMT_PORT}"

@@ -73,8 +73,27 @@ class Policy(_Strict):
     """What one agent may do. Field defaults are the policy of a new agent."""
 
     syscalls: list[str] = Field(
-        default_factory=lambda: ["memory.*", "llm.*", "context.*", "storage.*", "tool.*", "syscall.result"],
+        default_factory=lambda: [
+            "memory.*",
+            "llm.*",
+            "context.*",
+            "storage.*",
+            "tool.*",
+            "syscall.result",
+            "task.submit",
+            "task.get",
+            "task.cancel",
+            "task.list",
+            "batch.*",
+        ],
         description="Allowed syscall patterns.",
+    )
+    programs: list[str] = Field(
+        default_factory=lambda: ["*"], description="Agent program patterns task.submit and batches may run."
+    )
+    runner: bool = Field(
+        default=False,
+        description="A task runner: may start tasks (task.start/heartbeat/finish) and act for their agents.",
     )
     models: list[str] = Field(default_factory=lambda: ["*"], description="Allowed model patterns for llm.* calls.")
     tools: list[str] = Field(
@@ -149,7 +168,12 @@ class Policy(_Strict):
             storage_bytes=None,
             tools=["*"],
             storage_file_bytes=None,
+            runner=True,
         )
+
+    def allows_program(self, program: str) -> bool:
+        """Whether tasks may run the agent program ``program``."""
+        return any(fnmatchcase(program, p) for p in self.programs)
 
     def allows(self, syscall: str) -> bool:
         """Whether ``syscall`` matches one of the allowed patterns."""

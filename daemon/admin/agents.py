@@ -24,6 +24,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 POLICY_FLAGS: dict[str, tuple[str, str]] = {
     "allow": ("syscalls", "list"),
     "model": ("models", "list"),
+    "program": ("programs", "list"),
     "tool": ("tools", "list"),
     "group": ("groups", "list"),
     "grant": ("grants", "grants"),
@@ -52,6 +53,7 @@ def policy_options(fn: F) -> F:
             help="Allowed syscall pattern, e.g. 'memory.*' (repeatable; 'none' for no syscall).",
         ),
         click.option("--model", multiple=True, help="Allowed model pattern (repeatable; '*' for any)."),
+        click.option("--program", multiple=True, help="Agent program pattern tasks may run (repeatable; 'none')."),
         click.option(
             "--tool", multiple=True, help="Tool name pattern tool.call may run (repeatable; '*' any; 'none')."
         ),
@@ -106,6 +108,17 @@ def _flag_value(flag: str, kind: str, value: Any) -> Any:
     return int(value)
 
 
+def runner_policy() -> Policy:
+    """A task runner's own policy: the runner syscalls, no quota of its own (its programs use their agents')."""
+    return Policy(
+        syscalls=["task.start", "task.heartbeat", "task.finish"],
+        runner=True,
+        tokens_per_period=None,
+        requests_per_period=None,
+        rate_limit=None,
+    )
+
+
 @contextmanager
 def _admin(config_file: str | None, overrides: dict[str, Any]) -> Iterator[tuple[Store, AgentAdmin]]:
     settings = load(config_file, **overrides)
@@ -138,12 +151,26 @@ def agents() -> None:
 @click.option(
     "--external", is_flag=True, help="The broker user exists and is managed elsewhere: only register a policy."
 )
+@click.option(
+    "--runner",
+    is_flag=True,
+    help="A task runner (aiosd runner): may start tasks and act for their agents, and consume the task queue.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the credentials as JSON.")
-def add(config_file: str | None, name: str, policy_file: str | None, external: bool, as_json: bool, **kw: Any) -> None:
+def add(
+    config_file: str | None,
+    name: str,
+    policy_file: str | None,
+    external: bool,
+    runner: bool,
+    as_json: bool,
+    **kw: Any,
+) -> None:
     """Create agent NAME: a broker user with least privilege and its policy; print its credentials once."""
     flags, overrides = _split(kw)
     with _admin(config_file, overrides) as (_, admin):
-        policy = build_policy(load_policy_file(policy_file) if policy_file else Policy(), flags)
+        base = load_policy_file(policy_file) if policy_file else (runner_policy() if runner else Policy())
+        policy = build_policy(base, flags)
         creds = admin.add(name, policy, external=external)
     if creds is None:
         click.echo(f"registered agent {name} (external broker user: no password was created)")

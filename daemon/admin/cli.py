@@ -107,11 +107,13 @@ def demo(config_file: str | None, agents: int, **overrides: Any) -> None:
 
 
 def _register_worker() -> None:
+    from aiosd.daemon.admin.runner import runner
     from aiosd.daemon.admin.tools import tools
     from aiosd.workers.cli import worker
 
     main.add_command(worker)
     main.add_command(tools)
+    main.add_command(runner)
 
 
 _register_worker()

@@ -61,7 +61,7 @@ class AgentAdmin:
         if not external:
             password = secrets.token_urlsafe(24)
             try:
-                self._broker.create_agent_user(name, password)
+                self._broker.create_agent_user(name, password, runner=policy.runner)
             except Exception:
                 self._dir.delete(name)  # no half-made agent: the name stays free
                 raise

@@ -23,12 +23,14 @@ import httpx
 
 from aiosd.daemon.errors import AgentExists, BrokerAdminError
 from aiosd.sdk.protocol import INGRESS_EXCHANGE, REPLY_QUEUE_PREFIX
+from aiosd.sdk.tasks import TASK_QUEUE
 
 
-def agent_permissions(name: str) -> dict[str, str]:
-    """The least-privilege permissions of agent ``name``."""
+def agent_permissions(name: str, runner: bool = False) -> dict[str, str]:
+    """The least-privilege permissions of agent ``name`` (a task runner also consumes the task queue)."""
     replies = "^" + re.escape(f"{REPLY_QUEUE_PREFIX}{name}.") + ".*"
-    return {"configure": replies, "write": "^" + re.escape(INGRESS_EXCHANGE) + "$", "read": replies}
+    own = f"^({re.escape(f'{REPLY_QUEUE_PREFIX}{name}.')}.*|{re.escape(TASK_QUEUE)})$" if runner else replies
+    return {"configure": own, "write": "^" + re.escape(INGRESS_EXCHANGE) + "$", "read": own}
 
 
 def vhost_of(amqp_url: str) -> str:
@@ -61,13 +63,15 @@ class BrokerAdmin:
         """Whether a broker user ``name`` exists."""
         return self._call("GET", f"/users/{quote(name, safe='')}", allow=(404,)).status_code == 200
 
-    def create_agent_user(self, name: str, password: str) -> None:
+    def create_agent_user(self, name: str, password: str, runner: bool = False) -> None:
         """Create broker user ``name`` (no tags) with the agent permissions; refuse an existing user."""
         if self.user_exists(name):
             raise AgentExists(f"broker user {name!r} already exists; pick another name or add it with --external")
         self.set_password(name, password)
         self._call(
-            "PUT", f"/permissions/{quote(self._vhost, safe='')}/{quote(name, safe='')}", json=agent_permissions(name)
+            "PUT",
+            f"/permissions/{quote(self._vhost, safe='')}/{quote(name, safe='')}",
+            json=agent_permissions(name, runner),
         )
 
     def set_password(self, name: str, password: str) -> None:

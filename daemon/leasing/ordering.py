@@ -47,14 +47,18 @@ class Fifo:
 
 
 class Priority:
-    """Highest AMQP priority first (9 before 0), FIFO within a priority."""
+    """Highest AMQP priority first (9 before 0), FIFO within a priority.
+
+    Within a priority, calls made by agent programs (tasks, batches) wait behind
+    interactive calls: an overnight backlog never slows an agent at the keyboard.
+    """
 
     name = "priority"
     slice_tokens: int | None = None
 
     def key(self, call: Doc) -> tuple[Any, ...]:
-        """Priority descending, then oldest first."""
-        return (-int(call.get("priority") or 0), call["queued_at"])
+        """Priority descending, then interactive calls before tasks' calls, then oldest first."""
+        return (-int(call.get("priority") or 0), bool(call.get("background")), call["queued_at"])
 
     def order(self, queued: list[Doc]) -> list[Doc]:
         """Priority descending, then oldest first."""

@@ -350,7 +350,18 @@ class Pipeline:
                     self._release(a.envelope.key)
 
     def _answer_duplicate(self, env: Envelope, doc: Doc) -> None:
-        """A copy of a stored call: answer it with the stored reply, or once the call finishes."""
+        """A copy of a stored call: answer it with the stored reply, or once the call finishes.
+
+        A task's call replayed after a crash must be the call stored under its
+        message id: a program that made a different call diverged (see the
+        README, "Durable execution") and is told so instead.
+        """
+        if env.request.task is not None and (diverged := _divergence(env, doc)) is not None:
+            log.warning("replay_diverged", message_id=env.message_id, agent=env.agent, task=env.request.task.id)
+            failure = Reply.failure(env.message_id, env.request.syscall, ErrorCode.REPLAY_DIVERGED, diverged)
+            if env.reply_to is not None:
+                self._outbox.reply(env.reply_to, env.correlation_id, failure, _noop)
+            return
         if doc.get("reply"):
             # A re-published or redelivered duplicate: answer again, never re-run.
             log.info("duplicate_answered", message_id=env.message_id, agent=env.agent)
@@ -371,7 +382,7 @@ class Pipeline:
     def _answer(self, d: Delivery, rej: Rejected) -> None:
         """Reply to a rejected delivery (where allowed), then dead-letter or ack it."""
         log.warning("rejected", message_id=d.message_id, agent=rej.agent, code=rej.code.value, reason=rej.reason)
-        if d.reply_to and reply_allowed(rej.agent, d.reply_to):
+        if d.reply_to and reply_allowed(rej.sender, d.reply_to):
             # Without a message_id the reply carries the correlation_id as its id.
             reply_id = d.message_id or d.correlation_id or ""
             reply = Reply.failure(reply_id, rej.syscall, rej.code, rej.reason, status=rej.status)
@@ -442,6 +453,24 @@ def _reply(env: Envelope, outcome: BaseModel | Exception, started: datetime) -> 
         return Reply.failure(env.message_id, syscall, ErrorCode.INTERNAL, f"internal error: {type(outcome).__name__}")
     timings = Timings(queue_ms=round(elapsed_ms(env.received_at, started), 3), run_ms=round(elapsed_ms(started), 3))
     return Reply.ok(env.message_id, syscall, outcome.model_dump(mode="json"), timings=timings)
+
+
+def _divergence(env: Envelope, doc: Doc) -> str | None:
+    """How a task's replayed call differs from the one stored under its message id, if it does."""
+    stored = doc.get("syscall")
+    if stored is None:  # a copy of a call first stored in this very batch
+        return None
+    if stored != env.request.syscall:
+        return (
+            f"call {env.message_id} of the task was {stored} when it first ran and is {env.request.syscall} now:"
+            " the program must make the same syscalls in the same order on every run"
+        )
+    if (doc.get("args") or {}) != env.request.args:
+        return (
+            f"call {env.message_id} of the task ({stored}) has other arguments than when it first ran:"
+            " the program must make the same syscalls in the same order on every run"
+        )
+    return None
 
 
 def _past_deadline(env: Envelope) -> bool:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from aiosd.daemon.access.authorizer import Admission, Ask, Refused
 from aiosd.daemon.errors import DaemonError
 from aiosd.daemon.pipeline.records import Envelope
+from aiosd.daemon.services.tasks.leases import BindingRefused, TaskLeases
 from aiosd.daemon.transport.delivery import Delivery
 from aiosd.daemon.transport.properties import UNDECODABLE_HEADER
 from aiosd.sdk.errors import ProtocolError
@@ -26,12 +27,14 @@ from aiosd.sdk.protocol import (
     PROTOCOL_VERSION,
     VERSION_HEADER,
     ErrorCode,
+    Request,
     Status,
     decode_request,
     describe_validation,
     reply_queue_prefix,
 )
 from aiosd.sdk.syscalls import CATALOGUE
+from aiosd.sdk.tasks import TaskBinding
 
 ANONYMOUS = "anonymous"
 
@@ -53,8 +56,11 @@ class Rejected(DaemonError):
         status: Status = Status.ERROR,
         dead_letter: bool = True,
         resource: str | None = None,
+        sender: str | None = None,
     ) -> None:
         super().__init__(reason)
+        #: Who published the message (a runner acting for ``agent``); replies go to the sender's queues.
+        self.sender = sender if sender is not None else agent
         self.resource = resource
         self.dead_letter = dead_letter
         self.code = code
@@ -108,7 +114,9 @@ class Intake:
         allow_anonymous: bool,
         authorizer: Authorizer,
         checks: dict[str, ArgsCheck] | None = None,
+        leases: TaskLeases | None = None,
     ) -> None:
+        self._leases = leases
         self._max_body = max_body_bytes
         self._allow_anonymous = allow_anonymous
         self._authorizer = authorizer
@@ -129,6 +137,8 @@ class Intake:
             try:
                 ask, message_id = self._check(d)
             except Rejected as rej:
+                if d.user_id:  # a runner's call for a task is answered on the runner's queues
+                    rej.sender = d.user_id
                 verdicts.append(rej)
                 continue
             checked.append((len(verdicts), d, ask, message_id))
@@ -166,6 +176,8 @@ class Intake:
                 agent=agent,
                 syscall=request.syscall,
             )
+        if request.task is not None:
+            agent, request = self._bind(agent, request)
         spec = CATALOGUE.get(request.syscall)
         if spec is None:
             raise Rejected(
@@ -195,7 +207,32 @@ class Intake:
                 agent=agent,
                 syscall=request.syscall,
             )
-        return Ask(agent, request, args, min(max(d.priority or 0, 0), MAX_PRIORITY)), message_id
+        priority = min(max(d.priority or 0, 0), MAX_PRIORITY)
+        if request.task is not None:
+            priority = min(priority, self._task_priority(request.task))
+        return Ask(agent, request, args, priority), message_id
+
+    def _bind(self, sender: str, request: Request) -> tuple[str, Request]:
+        """A runner's call for a task: it runs as the task's agent, under the task's program id."""
+        assert request.task is not None
+        try:
+            if self._leases is None:
+                raise BindingRefused("this scheduler runs no tasks")
+            lease = self._leases.bind(sender, request.task)
+        except BindingRefused as exc:
+            raise Rejected(
+                ErrorCode.DENIED,
+                str(exc),
+                agent=sender,
+                syscall=request.syscall,
+                status=Status.DENIED,
+                dead_letter=False,
+            ) from exc
+        return lease.agent, request.model_copy(update={"program": lease.task})
+
+    def _task_priority(self, binding: TaskBinding) -> int:
+        lease = self._leases.get(binding.id) if self._leases is not None else None
+        return lease.priority if lease is not None else 0
 
     def _identity(self, d: Delivery) -> str:
         if d.user_id:
@@ -283,6 +320,7 @@ def _accepted(d: Delivery, ask: Ask, message_id: str, verdict: Admission | Refus
             status=Status.DENIED,
             dead_letter=False,
             resource=verdict.resource,
+            sender=d.user_id or ask.agent,
         )
     envelope = Envelope(
         agent=ask.agent,

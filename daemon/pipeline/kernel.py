@@ -18,6 +18,7 @@ from aiosd.daemon.services.context import CallContext
 from aiosd.daemon.services.memory.service import MemoryService
 from aiosd.daemon.services.sessions import SessionService
 from aiosd.daemon.services.storage.service import StorageService
+from aiosd.daemon.services.tasks.service import TaskService
 from aiosd.daemon.services.tools import ToolService
 from aiosd.sdk.process.logs import get_logger
 from aiosd.sdk.syscalls import ResultArgs, StoredResult
@@ -39,6 +40,7 @@ class Kernel:
         sessions: SessionService,
         storage: StorageService,
         tools: ToolService | None = None,
+        tasks: TaskService | None = None,
     ) -> None:
         self._records = records
         self._table: dict[str, Handler] = {
@@ -65,6 +67,21 @@ class Kernel:
         }
         if tools is not None:
             self._table["tool.list"] = tools.list_tools
+        if tasks is not None:
+            self._table.update(
+                {
+                    "task.submit": tasks.submit,
+                    "task.get": tasks.get,
+                    "task.cancel": tasks.cancel,
+                    "task.list": tasks.list_tasks,
+                    "task.start": tasks.start,
+                    "task.heartbeat": tasks.heartbeat,
+                    "task.finish": tasks.finish,
+                    "batch.submit": tasks.batch_submit,
+                    "batch.get": tasks.batch_get,
+                    "batch.cancel": tasks.batch_cancel,
+                }
+            )
         #: Syscalls whose service writes a batch with one round trip (group commit).
         self._batched: dict[str, BatchHandler] = {"memory.add": memory.add_many}
 

@@ -187,6 +187,7 @@ def _record(env: Envelope) -> Doc:
         "args": req.args,
         "session": req.session,
         "program": req.program,
+        "background": req.task is not None,
         "deadline": req.deadline,
         "priority": env.priority,
         "reply_to": env.reply_to,

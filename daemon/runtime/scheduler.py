@@ -74,6 +74,7 @@ class Scheduler:
             self.graph.counters.ensure_indexes()
             loaded = self.leased.book.load(self.settings.lease_ttl)
             recounted = self.graph.recovery.recount_quotas()  # before anything is served again
+            batches = self.graph.tasks.recount_batches()
             self._attach(self._connect(self.settings.connect_timeout))
         except ServiceUnavailable:
             if self.lifecycle.stop_requested.is_set():
@@ -92,6 +93,7 @@ class Scheduler:
             policy=self.settings.policy,
             leased_calls=loaded,
             quotas_recounted=recounted,
+            batches_recounted=batches,
         )
         try:
             self._loop()

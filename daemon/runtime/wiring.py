@@ -38,6 +38,9 @@ from aiosd.daemon.services.memory.service import MemoryService
 from aiosd.daemon.services.sessions import SessionService
 from aiosd.daemon.services.storage.guard import PolicyStorageGuard
 from aiosd.daemon.services.storage.service import STORAGE_SWEEP_INTERVAL, StorageService
+from aiosd.daemon.services.tasks.leases import TaskLeases
+from aiosd.daemon.services.tasks.service import TaskService
+from aiosd.daemon.services.tasks.store import TaskStore
 from aiosd.daemon.services.tools import ToolService
 from aiosd.daemon.store import Store
 from aiosd.daemon.transport.outbox import LiveOutbox
@@ -95,6 +98,7 @@ class SchedulerGraph:
     counters: Counters
     audit: AuditLog
     meter: Meter
+    tasks: TaskService
 
 
 def build_scheduler(settings: Settings) -> SchedulerGraph:
@@ -115,7 +119,9 @@ def build_scheduler(settings: Settings) -> SchedulerGraph:
     memory = MemoryService(store.memory, PolicyMemoryGuard(policies, counters))
     storage = StorageService(store.db, PolicyStorageGuard(policies, counters))
     records = Records(store.syscalls, store.results)
-    kernel = Kernel(records, memory, sessions, storage, tools)
+    task_leases = TaskLeases(TaskStore(store.db), settings.task_lease_ttl)
+    tasks = TaskService(TaskStore(store.db), task_leases, policies, outbox.publish_task)
+    kernel = Kernel(records, memory, sessions, storage, tools, tasks)
 
     # the life of a syscall, and leased work
     completion = Completion(records, audit, outbox, threads.submit)
@@ -133,6 +139,7 @@ def build_scheduler(settings: Settings) -> SchedulerGraph:
         allow_anonymous=settings.dev_allow_anonymous,
         authorizer=PolicyAuthorizer(policies, meter, tools.irreversible),
         checks={"tool.call": tools.check},
+        leases=task_leases,
     )
     wakeup = threading.Event()
     ordering = make_ordering(settings.policy, settings.slice_tokens)
@@ -176,5 +183,17 @@ def build_scheduler(settings: Settings) -> SchedulerGraph:
     housekeeping.every(STORAGE_SWEEP_INTERVAL, "storage_sweep", storage.sweep)
     housekeeping.every(ORPHAN_INTERVAL, "storage_orphans", storage.sweep_orphans)
     return SchedulerGraph(
-        store, threads, outbox, pipeline, recovery, completion, leased, dispatcher, housekeeping, counters, audit, meter
+        store,
+        threads,
+        outbox,
+        pipeline,
+        recovery,
+        completion,
+        leased,
+        dispatcher,
+        housekeeping,
+        counters,
+        audit,
+        meter,
+        tasks,
     )

@@ -9,6 +9,7 @@ acknowledged only once its dead-lettered copy is safe.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -38,6 +39,7 @@ from aiosd.sdk.protocol import (
     Reply,
     encode,
 )
+from aiosd.sdk.tasks import TASK_QUEUE
 
 log = get_logger(__name__)
 
@@ -58,6 +60,24 @@ def declare_topology(ch: BlockingChannel) -> None:
     ch.queue_bind(INGRESS_QUEUE, INGRESS_EXCHANGE, "#")
     ch.exchange_declare(WORKER_EXCHANGE, "direct", durable=True)
     ch.queue_declare(EVENTS_QUEUE, durable=True)
+    declare_task_queue(ch)
+
+
+def declare_task_queue(ch: BlockingChannel) -> None:
+    """The durable priority queue of task ids that runners consume (idempotent)."""
+    ch.queue_declare(TASK_QUEUE, durable=True, arguments={"x-max-priority": MAX_PRIORITY})
+
+
+def task_message(task_id: str, priority: int) -> tuple[bytes, BasicProperties]:
+    """The body and properties of a task's message on :data:`TASK_QUEUE`."""
+    props = BasicProperties(
+        content_type=CONTENT_TYPE,
+        headers={VERSION_HEADER: PROTOCOL_VERSION},
+        delivery_mode=2,
+        priority=min(max(priority, 0), MAX_PRIORITY),
+        message_id=task_id,
+    )
+    return json.dumps({"task": task_id}).encode(), props
 
 
 class Broker:
@@ -149,6 +169,11 @@ class Broker:
     def ack_many(self, tags: list[int]) -> None:
         """Acknowledge deliveries of this connection's ingress channel (thread-safe, one hand-over)."""
         self._later(partial(self._ack_tags, list(tags)))
+
+    def publish_task(self, task_id: str, priority: int) -> None:
+        """Queue a task for the runners (thread-safe; sent in order with the acks that follow)."""
+        body, props = task_message(task_id, priority)
+        self._later(partial(self._ch.basic_publish, "", TASK_QUEUE, body, props))
 
     def publish_lease(self, worker_id: str, body: bytes) -> None:
         """Send a lease to a worker's queue (thread-safe). A lost lease simply expires."""

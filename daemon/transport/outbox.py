@@ -38,6 +38,16 @@ class LiveOutbox:
         if broker is not None:
             broker.reply(reply_to, correlation_id, reply, on_sent)
 
+    def publish_task(self, task_id: str, priority: int) -> None:
+        """Queue a task for the runners; dropped if there is no connection.
+
+        Only calls not yet acknowledged publish tasks: without a connection their
+        acknowledgement fails too, RabbitMQ delivers them again, and they publish again.
+        """
+        broker = self._broker
+        if broker is not None:
+            broker.publish_task(task_id, priority)
+
     def publish_lease(self, worker_id: str, body: bytes) -> None:
         """Send a lease to a worker's queue; dropped if there is no connection (the lease expires)."""
         broker = self._broker

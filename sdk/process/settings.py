@@ -74,6 +74,13 @@ class Settings(BaseSettings):
     )
     slice_tokens: int = Field(default=64, ge=1, description="round_robin: tokens per time slice.")
     lease_ttl: float = Field(default=30.0, gt=0, description="Seconds a lease lives without a heartbeat.")
+    task_lease_ttl: float = Field(
+        default=60.0, gt=0, description="Seconds a runner's task lease lives without a task.heartbeat."
+    )
+    runner_capacity: int = Field(default=4, ge=1, le=256, description="Tasks one runner runs at once.")
+    task_call_timeout: float = Field(
+        default=900.0, gt=0, description="Seconds a program's syscall may wait for its reply before the task fails."
+    )
     max_attempts: int = Field(default=3, ge=1, description="Leases per LLM call before it fails.")
     worker_timeout: float = Field(default=10.0, gt=0, description="Seconds without heartbeat before a worker is dead.")
     affinity_slack: int = Field(
