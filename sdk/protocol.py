@@ -213,6 +213,12 @@ def decode_reply(body: bytes) -> Reply:
         raise ProtocolError(ErrorCode.MALFORMED, describe_validation(exc)) from exc
 
 
+def decode_json_object(body: bytes) -> dict[str, Any]:
+    """Parse a JSON object that must be storable (no NaN, no huge integers, not too deep), or raise
+    :class:`ProtocolError` (``malformed``): the rules every request body follows."""
+    return _load_object(body)
+
+
 def _load_object(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body, parse_constant=_no_constant, parse_float=_finite)

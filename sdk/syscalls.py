@@ -230,6 +230,7 @@ CATALOGUE: dict[str, Syscall] = {
         Syscall("batch.submit", BatchSubmitArgs, BatchInfo, "Queue many tasks of one program together."),
         Syscall("batch.get", BatchRef, BatchInfo, "A batch and its progress."),
         Syscall("batch.cancel", BatchRef, BatchInfo, "Cancel a batch's queued and running tasks."),
+        Syscall("batch.retry", BatchRef, BatchInfo, "Queue a batch's failed tasks again."),
     )
 }
 

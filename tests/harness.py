@@ -239,6 +239,7 @@ class RunnerProcess(SchedulerProcess):
     def __init__(self, world: World, log_dir: Path, amqp_url: str, **settings: str) -> None:
         super().__init__(world, log_dir, **settings)
         self.env["AIOSD_AMQP_URL"] = amqp_url
+        with_test_tools(self.env)  # the test programs live in the test tool package
         self.log_path = log_dir / f"runner-{uuid.uuid4().hex[:6]}.log"
 
     def start(self, wait: bool = True, *args: str) -> RunnerProcess:

@@ -93,6 +93,7 @@ class Engine:
         async with self._slots:
             self._running += 1
             self._admitted += 1
+            log.info("call_started", key=lease.key, lease_id=lease.lease_id, attempt=lease.attempt)
             try:
                 return await run_lease(self.backend, lease, self.config.worker_id, self.info.name)
             finally:

@@ -49,6 +49,10 @@ class PolicyLookup:
                 self._cache.clear()
                 self._revision = revision
 
+    def is_operator(self, agent: str) -> bool:
+        """Whether ``agent`` is a trusted name (the scheduler's own broker user): it may act on any batch."""
+        return agent in self._trusted
+
     def standing(self, agent: str) -> Standing | None:
         """The agent's standing; ``None`` means unknown (deny).
 

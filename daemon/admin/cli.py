@@ -107,6 +107,7 @@ def demo(config_file: str | None, agents: int, **overrides: Any) -> None:
 
 
 def _register_worker() -> None:
+    from aiosd.daemon.admin.batchcli import batch
     from aiosd.daemon.admin.runner import runner
     from aiosd.daemon.admin.tools import tools
     from aiosd.workers.cli import worker
@@ -114,6 +115,7 @@ def _register_worker() -> None:
     main.add_command(worker)
     main.add_command(tools)
     main.add_command(runner)
+    main.add_command(batch)
 
 
 _register_worker()

@@ -80,6 +80,7 @@ class Kernel:
                     "batch.submit": tasks.batch_submit,
                     "batch.get": tasks.batch_get,
                     "batch.cancel": tasks.batch_cancel,
+                    "batch.retry": tasks.batch_retry,
                 }
             )
         #: Syscalls whose service writes a batch with one round trip (group commit).

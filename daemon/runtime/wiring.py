@@ -119,8 +119,9 @@ def build_scheduler(settings: Settings) -> SchedulerGraph:
     memory = MemoryService(store.memory, PolicyMemoryGuard(policies, counters))
     storage = StorageService(store.db, PolicyStorageGuard(policies, counters))
     records = Records(store.syscalls, store.results)
-    task_leases = TaskLeases(TaskStore(store.db), settings.task_lease_ttl)
-    tasks = TaskService(TaskStore(store.db), task_leases, policies, outbox.publish_task)
+    task_store = TaskStore(store.db)
+    task_leases = TaskLeases(task_store, settings.task_lease_ttl)
+    tasks = TaskService(task_store, task_leases, policies, outbox.publish_task)
     kernel = Kernel(records, memory, sessions, storage, tools, tasks)
 
     # the life of a syscall, and leased work

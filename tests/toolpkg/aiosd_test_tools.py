@@ -99,3 +99,14 @@ CRASH = Tool(
     _object({"how": {"enum": ["raise", "exit", "print", "unjson"]}}, "how"),
     _crash,
 )
+
+
+def steps(ctx: Any) -> dict[str, Any]:
+    """A test program: ``input["steps"]`` short LLM calls in a row, then a note; returns their texts."""
+    count = int(ctx.input.get("steps", 3))
+    texts = []
+    for i in range(count):
+        messages = [{"role": "user", "content": f"Step {i + 1}: say one word."}]
+        texts.append(ctx.chat(messages, max_tokens=int(ctx.input.get("max_tokens", 8)), temperature=0.0))
+    note = ctx.remember(f"finished {count} steps", tags=["steps"])
+    return {"texts": texts, "note": note}

@@ -99,10 +99,23 @@ class TaskLeases:
             self._leases.pop(task_id, None)
 
     def renew(self, runner: str, bindings: list[TaskBinding]) -> list[str]:
-        """Extend the runner's leases; return the ids of tasks it no longer holds."""
+        """Extend the runner's leases; return the ids of tasks it no longer holds.
+
+        The tasks are read back (one read by ``_id``): a task an operator
+        cancelled from the command line, outside this scheduler, is lost to
+        its runner at its next heartbeat.
+        """
+        ids = [b.id for b in bindings]
+        stored = {d["_id"]: d for d in self._store.get_many(ids, {"state": 1, "lease": 1})} if ids else {}
         lost: list[str] = []
         now = time.monotonic()
         for binding in bindings:
+            doc = stored.get(binding.id) or {}
+            held = doc.get("lease") or {}
+            if doc.get("state") != TaskState.RUNNING.value or held.get("token") != binding.lease:
+                self.drop(binding.id)
+                lost.append(binding.id)
+                continue
             lease = self.get(binding.id)
             if lease is None or lease.runner != runner or lease.token != binding.lease:
                 lost.append(binding.id)

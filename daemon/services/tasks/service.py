@@ -26,7 +26,7 @@ from aiosd.daemon.access.authorizer import PolicyLookup
 from aiosd.daemon.errors import Denied, NotFound
 from aiosd.daemon.services.context import CallContext
 from aiosd.daemon.services.tasks.leases import TaskLeases
-from aiosd.daemon.services.tasks.store import TaskStore, batch_task_id, empty_counts, task_doc
+from aiosd.daemon.services.tasks.store import STORED_COUNTS, TaskStore, batch_task_id, task_doc
 from aiosd.daemon.store import Doc
 from aiosd.sdk.process.logs import get_logger
 from aiosd.sdk.protocol import utcnow
@@ -128,15 +128,9 @@ class TaskService:
         """``batch.submit``: store and queue a batch of tasks (once per message id)."""
         priority = self._program_allowed(ctx.agent, args.program, args.priority)
         batch_id = "b-" + hashlib.sha256(f"{ctx.agent}\0{ctx.call_id}".encode()).hexdigest()[:16]
-        existing = self._store.batch(batch_id)
-        if existing is None:
-            existing = new_batch(batch_id, ctx.agent, args.program, args.name, priority, args.max_concurrent)
-            existing["total"] = len(args.tasks)
-            existing["counts"]["queued"] = len(args.tasks)
-            existing["state"] = "running"
-            existing["deadline"] = args.deadline
-            existing["submitted_by"] = ctx.call_id
-            self._store.create_batch(existing)
+        if self._store.batch(batch_id) is None:
+            doc = new_batch(batch_id, ctx.agent, args.program, args.name, priority, args.max_concurrent)
+            self._store.create_batch({**doc, "deadline": args.deadline}, total=len(args.tasks), submitted=True)
         docs = [
             task_doc(
                 batch_task_id(batch_id, line),
@@ -152,7 +146,7 @@ class TaskService:
         self._store.insert_many(docs)
         for doc in docs:  # run again after a crash: a task's second message is skipped by task.start
             self._publish(doc["_id"], int(doc["priority"]))
-        return batch_info(existing)
+        return batch_info(self._batch(batch_id))
 
     def batch_get(self, ctx: CallContext, args: BatchRef) -> BatchInfo:
         """``batch.get``: a batch and its counts."""
@@ -161,21 +155,33 @@ class TaskService:
     def batch_cancel(self, ctx: CallContext, args: BatchRef) -> BatchInfo:
         """``batch.cancel``: its queued tasks are skipped when a runner takes them, running ones stop."""
         self._own_batch(ctx.agent, args.id)
-        return batch_info(self.cancel_batch(args.id))
-
-    def cancel_batch(self, batch_id: str) -> Doc:
-        """Mark a batch cancelled and cancel its unfinished tasks (page by page)."""
-        batch = self._store.batch(batch_id)
-        if batch is None:
-            raise NotFound(f"no batch {batch_id!r}")
-        self._store.batches.update_one(
-            {"_id": batch_id, "state": {"$in": ["submitting", "running"]}}, {"$set": {"state": "cancelled"}}
-        )
+        batch = self._batch(args.id)
+        if batch["state"] not in ("finished", "cancelled"):
+            self._store.set_state(args.id, "cancelled")
         for page in self._store.batch_tasks(batch, fields={"state": 1}):
             for task in page:
                 if task["state"] in (QUEUED, RUNNING):
                     self.cancel_task(task)
-        return self._store.batch(batch_id) or batch
+        return batch_info(self._batch(args.id))
+
+    def batch_retry(self, ctx: CallContext, args: BatchRef) -> BatchInfo:
+        """``batch.retry``: queue the batch's failed tasks again (their attempts count on)."""
+        batch = self._own_batch(ctx.agent, args.id)
+        for page in self._store.batch_tasks(batch, fields={"state": 1, "priority": 1}):
+            for task in page:
+                if task["state"] != TaskState.FAILED.value:
+                    continue
+                moved = self._store.transition(
+                    task["_id"],
+                    {"state": TaskState.FAILED.value},
+                    {"$set": {"state": QUEUED, "finished_at": None, "output": None, "error": None}},
+                )
+                if moved is not None:
+                    self._moved(moved, TaskState.FAILED.value, QUEUED)
+                    self._publish(task["_id"], int(task.get("priority") or 0))
+        if batch["state"] == "finished":
+            self._store.set_state(args.id, "running")
+        return batch_info(self._batch(args.id))
 
     # -- runners -----------------------------------------------------------------
 
@@ -308,9 +314,16 @@ class TaskService:
         return doc
 
     def _own_batch(self, agent: str, batch_id: str) -> Doc:
+        """The caller's batch (the operator's identity may act on any)."""
         doc = self._store.batch(batch_id)
-        if doc is None or doc.get("agent") != agent:
+        if doc is None or (doc.get("agent") != agent and not self._policies.is_operator(agent)):
             raise NotFound(f"no batch {batch_id!r} of {agent!r}")
+        return doc
+
+    def _batch(self, batch_id: str) -> Doc:
+        doc = self._store.batch(batch_id)
+        if doc is None:
+            raise NotFound(f"no batch {batch_id!r}")
         return doc
 
     def recount_batches(self) -> int:
@@ -331,8 +344,7 @@ def new_batch(
         "agent": agent,
         "program": program,
         "state": "submitting",
-        "total": 0,
-        "counts": empty_counts(),
+        "counts": {state: 0 for state in STORED_COUNTS},
         "priority": priority,
         "max_concurrent": max_concurrent,
         "created_at": utcnow(),
@@ -350,7 +362,6 @@ def info(doc: Doc) -> TaskInfo:
 def batch_info(doc: Doc) -> BatchInfo:
     """The wire form of a batch document."""
     fields = {k: doc.get(k) for k in BatchInfo.model_fields if k != "id" and doc.get(k) is not None}
-    fields["counts"] = {**empty_counts(), **(doc.get("counts") or {})}
     return BatchInfo.model_validate({**fields, "id": doc["_id"]})
 
 

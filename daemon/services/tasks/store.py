@@ -7,15 +7,21 @@ zero-padded, from 1), so a batch is read page by page by ``_id`` -- never by a
 filter the development server would answer with a scan -- and submitting the
 same line twice stores it once.
 
-``batches`` holds one document per batch with its counts by state. The counts
-move with every transition the scheduler makes (``$inc`` after the task's own
-guarded update); a crash between the two writes can leave them off by one,
-so the scheduler recounts unfinished batches from their tasks at start,
-before it serves anything.
+``batches`` holds one document per batch with its counts by state, and
+``batch_totals`` how many tasks were submitted to it (and whether the
+submission is complete). Every document has one writer, because a
+MongoDB-compatible development server (FerretDB's SQLite handler) applies
+concurrent updates of one document as read-modify-write and can lose one:
+the submitter writes ``batch_totals``; the scheduler alone writes a batch's
+counts, under one lock. ``queued`` is not stored but derived (submitted minus
+every other count). The counts move after each task's own guarded update; a
+crash between the two writes can leave them off by one, so the scheduler
+recounts unfinished batches from their tasks at start, before it serves.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,6 +36,10 @@ from aiosd.sdk.tasks import TaskState
 
 TASKS = "tasks"
 BATCHES = "batches"
+TOTALS = "batch_totals"
+#: Counts a batch document stores (``queued`` is derived from the submitted total).
+STORED_COUNTS = ("running", "succeeded", "failed", "cancelled", "expired")
+FINAL = ("succeeded", "failed", "cancelled", "expired")
 #: Tasks read with one ``$in`` when a batch is paged through.
 PAGE = 500
 #: Digits of a line number in a batch task's id (ids sort in line order).
@@ -52,6 +62,9 @@ class TaskStore:
     def __init__(self, db: Database[Doc]) -> None:
         self.tasks: Collection[Doc] = db[TASKS]
         self.batches: Collection[Doc] = db[BATCHES]
+        self.totals: Collection[Doc] = db[TOTALS]
+        #: Serializes this process's writes of task and batch documents (see the module docstring).
+        self.lock = threading.RLock()
 
     # -- tasks -------------------------------------------------------------------
 
@@ -100,41 +113,66 @@ class TaskStore:
 
     # -- batches -----------------------------------------------------------------
 
-    def create_batch(self, doc: Doc) -> None:
-        """Store a new batch document."""
+    def create_batch(self, doc: Doc, total: int = 0, submitted: bool = False) -> None:
+        """Store a new batch document and its submitted total."""
+        self.totals.insert_one({"_id": doc["_id"], "total": total, "submitted": submitted})
         self.batches.insert_one(doc)
 
+    def set_total(self, batch_id: str, total: int, submitted: bool = False) -> None:
+        """The submitter's progress: ``total`` tasks stored and queued (``submitted``: all of them)."""
+        self.totals.update_one({"_id": batch_id}, {"$set": {"total": total, "submitted": submitted}})
+
     def batch(self, batch_id: str) -> Doc | None:
-        """One batch by id."""
-        return self.batches.find_one({"_id": batch_id})
+        """One batch by id, with ``total``, ``submitted`` and every count (``queued`` derived)."""
+        doc = self.batches.find_one({"_id": batch_id})
+        return self._with_totals(doc) if doc is not None else None
+
+    def _with_totals(self, doc: Doc) -> Doc:
+        totals = self.totals.find_one({"_id": doc["_id"]}) or {}
+        total = int(totals.get("total") or 0)
+        counts = {state: int((doc.get("counts") or {}).get(state, 0)) for state in STORED_COUNTS}
+        counts["queued"] = max(total - sum(counts.values()), 0)
+        submitted = bool(totals.get("submitted"))
+        state = doc.get("state")
+        if state not in ("finished", "cancelled"):
+            state = (
+                "submitting"
+                if not submitted
+                else ("finished" if counts["queued"] == counts["running"] == 0 else "running")
+            )
+        return {**doc, "total": total, "submitted": submitted, "counts": counts, "state": state}
 
     def batches_in(self, states: list[str]) -> list[Doc]:
         """Batches in any of ``states`` (the collection holds one small document per batch)."""
-        return list(self.batches.find({"state": {"$in": states}}))
+        return [self._with_totals(d) for d in self.batches.find({"state": {"$in": states}})]
 
     def recent_batches(self, limit: int) -> list[Doc]:
         """The newest batches first."""
-        return list(self.batches.find({}).sort("created_at", -1).limit(limit))
+        return [self._with_totals(d) for d in self.batches.find({}).sort("created_at", -1).limit(limit)]
 
-    def count(self, batch_id: str, moves: dict[str, int], usage: Doc | None = None) -> Doc | None:
+    def count(self, batch_id: str, moves: dict[str, int], usage: Doc | None = None) -> None:
         """Move tasks between a batch's counts (and add their usage); finish the batch when none is left."""
-        inc: Doc = {f"counts.{state}": n for state, n in moves.items() if n}
+        inc: Doc = {f"counts.{state}": n for state, n in moves.items() if n and state in STORED_COUNTS}
         for key, value in (usage or {}).items():
             inc[f"usage.{key}"] = value
         if not inc:
-            return self.batch(batch_id)
-        doc = self.batches.find_one_and_update({"_id": batch_id}, {"$inc": inc}, return_document=ReturnDocument.AFTER)
-        if doc is not None:
-            self.finish_if_done(doc)
-        return doc
+            return
+        with self.lock:
+            self.batches.update_one({"_id": batch_id}, {"$inc": inc})
+            if any(moves.get(state, 0) > 0 for state in FINAL):
+                self.finish_if_done(batch_id)
 
-    def finish_if_done(self, doc: Doc) -> None:
-        """Mark a submitted batch finished once no task is queued or running."""
-        counts = doc.get("counts") or {}
-        if doc.get("state") == "running" and not counts.get("queued") and not counts.get("running"):
-            self.batches.update_one(
-                {"_id": doc["_id"], "state": "running"}, {"$set": {"state": "finished", "finished_at": utcnow()}}
-            )
+    def set_state(self, batch_id: str, state: str) -> None:
+        """Mark a batch ``cancelled`` (or back to ``running``, for a retry)."""
+        with self.lock:
+            self.batches.update_one({"_id": batch_id}, {"$set": {"state": state, "finished_at": None}})
+
+    def finish_if_done(self, batch_id: str) -> None:
+        """Mark a fully submitted batch finished once no task is queued or running."""
+        with self.lock:
+            doc = self.batch(batch_id)
+            if doc is not None and doc["state"] == "finished" and doc.get("finished_at") is None:
+                self.batches.update_one({"_id": batch_id}, {"$set": {"state": "finished", "finished_at": utcnow()}})
 
     def batch_tasks(self, doc: Doc, after: int = 0, fields: Doc | None = None) -> Iterator[list[Doc]]:
         """A batch's tasks page by page, in line order, from line ``after + 1`` (memory stays flat)."""
@@ -145,12 +183,14 @@ class TaskStore:
 
     def recount(self, doc: Doc) -> dict[str, int]:
         """Count a batch's tasks by state from the tasks themselves, and store the counts."""
-        counts = empty_counts()
+        counts = {state: 0 for state in STORED_COUNTS}
         for page in self.batch_tasks(doc, fields={"state": 1}):
             for task in page:
-                counts[str(task["state"])] = counts.get(str(task["state"]), 0) + 1
-        self.batches.update_one({"_id": doc["_id"]}, {"$set": {"counts": counts}})
-        self.finish_if_done({**doc, "counts": counts})
+                if task["state"] in counts:
+                    counts[task["state"]] += 1
+        with self.lock:
+            self.batches.update_one({"_id": doc["_id"]}, {"$set": {"counts": counts}})
+            self.finish_if_done(doc["_id"])
         return counts
 
 
