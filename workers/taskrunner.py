@@ -122,6 +122,11 @@ class TaskRunner:
         while self._busy and time.monotonic() < deadline:
             self._conn.process_data_events(time_limit=0.2)
         if self._busy:
+            # What is still running is abandoned, not failed: RabbitMQ hands it to another
+            # runner, which replays it from its last completed call.
+            with self._lock:
+                for running in self._running.values():
+                    running.ctx.lost.set()
             log.warning("runner_drain_timeout", tasks=self._busy)
 
     def _close(self) -> None:
