@@ -18,7 +18,13 @@ from pathlib import Path
 import pytest
 
 UNIT_DIR = Path(__file__).resolve().parent.parent / "systemd"
-UNITS = ("aiosd-scheduler.service", "aiosd-worker@.service", "aiosd-tools.service", "aiosd.target")
+UNITS = (
+    "aiosd-scheduler.service",
+    "aiosd-worker@.service",
+    "aiosd-tools.service",
+    "aiosd-runner.service",
+    "aiosd.target",
+)
 INSTALLED_BINARY = "/opt/aiosd/bin/aiosd"
 
 

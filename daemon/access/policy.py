@@ -106,6 +106,12 @@ class Policy(_Strict):
     requests_per_period: int | None = Field(default=50_000, ge=0, description="Syscalls admitted per period.")
     rate_limit: RateLimit | None = Field(default_factory=lambda: RateLimit(requests=600, seconds=60))
     max_concurrent_llm: int | None = Field(default=4, ge=1, description="LLM calls leased to workers at once.")
+    weight: float = Field(
+        default=1.0,
+        gt=0,
+        le=1000,
+        description="Share of the LLM workers under the fair scheduling policy, relative to other agents' weights.",
+    )
     memory_notes: int | None = Field(default=10_000, ge=0, description="Live memory notes.")
     memory_bytes: int | None = Field(default=64 * 2**20, ge=0, description="UTF-8 bytes of live note contents.")
     storage_bytes: int | None = Field(default=2**30, ge=0, description="Bytes of every kept version of every file.")

@@ -1,8 +1,10 @@
-"""``aiosd demo``: sample agents driven through a live scheduler and worker, with a report.
+"""``aiosd demo``: sample agents driven through a live scheduler and worker, with a report,
+then a small batch of agent programs (see :mod:`.demobatch`).
 
 If no scheduler consumes the ingress queue, the demo starts one; if no worker
-heartbeats, it starts a CPU worker with the embedded model. It stops (SIGTERM)
-whatever it started at the end.
+heartbeats, it starts a CPU worker with the embedded model; if no runner takes
+tasks, it starts a task runner and a tool runner. It stops (SIGTERM) whatever
+it started at the end.
 """
 
 from __future__ import annotations
@@ -26,14 +28,17 @@ from rich.table import Table
 
 from aiosd.daemon.access.directory import AGENTS, Directory
 from aiosd.daemon.access.policy import Policy
+from aiosd.daemon.admin.demobatch import run_batch
 from aiosd.daemon.admin.identities import open_admin
 from aiosd.daemon.audit.reader import verify
 from aiosd.daemon.runtime.wiring import audit_key
 from aiosd.daemon.store import Store
+from aiosd.daemon.transport.broker import declare_task_queue
 from aiosd.sdk import CallError, Client
 from aiosd.sdk.errors import EXIT_FAILURE, EXIT_OK, ServiceUnavailable
 from aiosd.sdk.process.settings import Settings
 from aiosd.sdk.protocol import INGRESS_QUEUE, utcnow
+from aiosd.sdk.tasks import TASK_QUEUE
 
 console = Console()
 
@@ -82,8 +87,14 @@ def run_demo(settings: Settings, agents: int) -> int:
             runs = list(pool.map(lambda args: _agent(*args), zip(urls.items(), kinds, strict=True)))
         _isolation(runs, urls)
         _report(runs)
+        if not _runner_is_serving(settings):
+            children.append(("tool runner", _start("tools", "worker_ready", settings)))
+            children.append(("task runner", _start("runner", "runner_ready", settings)))
+        console.print("[bold]a batch[/]: agent programs run as tasks by `aiosd runner`, under the agent's identity")
+        agent, url = next(iter(urls.items()))
+        batch_ok = run_batch(settings, agent, url, console)
         intact = _audit(settings)
-        return EXIT_OK if intact and all(not r.errors for r in runs) else EXIT_FAILURE
+        return EXIT_OK if intact and batch_ok and all(not r.errors for r in runs) else EXIT_FAILURE
     finally:
         for name, proc in reversed(children):
             _stop(name, proc)
@@ -203,6 +214,18 @@ def _scheduler_is_serving(settings: Settings) -> bool:
         return bool(ok.method.consumer_count)
     except pika.exceptions.ChannelClosedByBroker:
         return False  # queue not declared yet: no scheduler ever ran here
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
+def _runner_is_serving(settings: Settings) -> bool:
+    """Whether a task runner consumes the task queue."""
+    conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+    try:
+        ch = conn.channel()
+        declare_task_queue(ch)
+        return bool(ch.queue_declare(TASK_QUEUE, passive=True).method.consumer_count)
     finally:
         if conn.is_open:
             conn.close()

@@ -32,6 +32,7 @@ from typing import Any
 from pymongo import UpdateOne
 from pymongo.collection import Collection
 
+from aiosd.daemon.leasing.prefixes import Shape, shape_of
 from aiosd.daemon.leasing.routing import affinity_key
 from aiosd.daemon.store import Doc
 from aiosd.sdk.cluster import Snapshot
@@ -44,6 +45,8 @@ SETTLING = "settling"
 
 #: Orders queued entries (smaller first); see :mod:`.ordering`.
 OrderKey = Callable[[Doc], tuple[Any, ...]]
+#: Told the usage a worker reported for a call or slice (:meth:`.ordering.Ordering.charge`).
+Charge = Callable[[Doc, Usage], None]
 
 
 @dataclass
@@ -58,10 +61,13 @@ class _Heap:
 class LeaseBook:
     """Queued and leased calls by key; thread-safe."""
 
-    def __init__(self, live: Collection[Doc], order: OrderKey) -> None:
+    def __init__(self, live: Collection[Doc], order: OrderKey, charge: Charge | None = None) -> None:
         self._live = live
         self._entries: dict[str, Doc] = {}
         self._heap = _Heap(order)
+        self._charge = charge
+        #: Keys of taken entries: put back unleased, an entry keeps its place (and is not keyed twice).
+        self._taken: dict[str, tuple[Any, ...]] = {}
         #: Transitions not written yet, merged into one update per call.
         self._pending: dict[str, Doc] = {}
         self._lock = threading.Lock()
@@ -119,6 +125,9 @@ class LeaseBook:
         """
         hint = hint_of(record)
         entry = _entry(record, hint)
+        if entry["kind"] == "llm":  # outside the lock: hashing a long prompt takes tens of microseconds
+            args = record.get("args") or {}
+            entry["shape"] = shape_of(prompt if prompt is not None else args.get("messages") or [], args.get("max_tokens"))
         fields: Doc = {
             "state": QUEUED,
             "queued_at": entry["queued_at"],
@@ -143,10 +152,11 @@ class LeaseBook:
         taken: list[Doc] = []
         with self._lock:
             while self._heap.items and len(taken) < limit:
-                _, _, key, version = heapq.heappop(self._heap.items)
+                order, _, key, version = heapq.heappop(self._heap.items)
                 entry = self._entries.get(key)
                 if entry is not None and entry["state"] == QUEUED and entry["version"] == version:
                     taken.append(entry)
+                    self._taken[key] = order
         return taken
 
     def put_back(self, entries: list[Doc]) -> None:
@@ -154,7 +164,7 @@ class LeaseBook:
         with self._lock:
             for entry in entries:
                 if entry["state"] == QUEUED:
-                    self._push(entry, bump=False)
+                    self._push(entry, bump=False, order=self._taken.pop(entry["_id"], None))
 
     def grant(self, entry: Doc, worker: str, ttl: float, durable: bool = False) -> Doc | None:
         """Lease a taken entry to ``worker``; the entry, or ``None`` if it moved on meanwhile."""
@@ -168,6 +178,7 @@ class LeaseBook:
         with self._lock:
             if self._entries.get(entry["_id"]) is not entry or entry["state"] != QUEUED:
                 return None
+            self._taken.pop(entry["_id"], None)
             entry.update(state=LEASED, lease=lease, attempts=entry["attempts"] + 1)
             self._record(entry["_id"], {"$set": {"state": LEASED, "lease": lease}, "$inc": {"attempts": 1}})
         if durable:
@@ -219,6 +230,7 @@ class LeaseBook:
             if entry is None:
                 return None
             update["$inc"].update(_add_usage(entry, usage, run_ms))
+            self._charged(entry, usage)
             if snapshot is not None:
                 update["$set"]["snapshot"] = snapshot.model_dump()
                 update["$inc"]["slices"] = 1
@@ -238,6 +250,7 @@ class LeaseBook:
             if entry is None:
                 return None
             _add_usage(entry, usage, run_ms)
+            self._charged(entry, usage)
             entry["slices"] += 1
             return self._drop(entry)
 
@@ -275,12 +288,19 @@ class LeaseBook:
         # live record is then retired); a crash before that leaves it leased, to be run again.
         entry["state"] = SETTLING
         del self._entries[entry["_id"]]
+        self._taken.pop(entry["_id"], None)
         return entry
 
-    def _push(self, entry: Doc, bump: bool = True) -> None:
+    def _charged(self, entry: Doc, usage: Usage | None) -> None:
+        if usage is not None and self._charge is not None:
+            self._charge(entry, usage)
+
+    def _push(self, entry: Doc, bump: bool = True, order: tuple[Any, ...] | None = None) -> None:
         if bump:
             entry["version"] += 1
-        heapq.heappush(self._heap.items, (self._heap.key(entry), next(self._heap.seq), entry["_id"], entry["version"]))
+        if order is None:
+            order = self._heap.key(entry)
+        heapq.heappush(self._heap.items, (order, next(self._heap.seq), entry["_id"], entry["version"]))
 
 
 def _add_usage(entry: Doc, usage: Usage | None, run_ms: float) -> Doc:
@@ -315,6 +335,9 @@ def _entry(record: Doc, hint: Doc) -> Doc:
         "queued_at": record.get("queued_at") or utcnow(),
         "args": hint,
         "session": record.get("session"),
+        "program": record.get("program"),
+        "background": bool(record.get("background")),
+        "shape": None,  # an LLM call's prompt prefix and size (:mod:`.prefixes`), set when it is queued
         "affinity": affinity_key(record),
         "state": QUEUED,
         "lease": None,

@@ -18,7 +18,7 @@ from aiosd.daemon.leasing.book import LeaseBook
 from aiosd.daemon.leasing.caps import LlmCaps
 from aiosd.daemon.leasing.fleet import Member
 from aiosd.daemon.leasing.ordering import Ordering
-from aiosd.daemon.leasing.routing import Router
+from aiosd.daemon.leasing.routing import Routing
 from aiosd.daemon.leasing.work import LeasedWork
 from aiosd.daemon.store import Doc
 from aiosd.sdk.cluster import Lease, Snapshot
@@ -42,7 +42,7 @@ class Dispatcher:
         self,
         work: LeasedWork,
         ordering: Ordering,
-        router: Router,
+        router: Routing,
         publish: PublishLease,
         wakeup: threading.Event,
         *,
@@ -98,6 +98,7 @@ class Dispatcher:
         taken = self._book.take(max(free * WINDOW_PER_SLOT, MIN_WINDOW))
         if not taken:
             return
+        self._router.begin(members)
         # The live records must say what the book says (a session's prompt) before they are read.
         self._book.flush()
         caps = self._caps.begin() if self._caps is not None else None
@@ -132,6 +133,7 @@ class Dispatcher:
         member.leases.add(lease_id)
         self._llm.fleet.assign(worker, lease_id)
         self._router.served(entry, worker)
+        self._policy.granted(entry)
         return True
 
     def _publish(self, granted: list[Doc]) -> None:

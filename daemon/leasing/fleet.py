@@ -17,6 +17,7 @@ from pymongo.collection import Collection
 from aiosd.daemon.store import Doc
 from aiosd.sdk.cluster import WorkerState
 from aiosd.sdk.protocol import utcnow
+from aiosd.sdk.syscalls import served_by
 
 
 @dataclass
@@ -38,6 +39,17 @@ class Member:
     def load(self) -> float:
         """Fraction of its capacity in use."""
         return len(self.leases) / self.state.capacity
+
+
+def able_workers(record: Doc, members: dict[str, Member]) -> dict[str, Member]:
+    """The members that could take ``record`` now: room, the right kind (LLM or tools) and model."""
+    kind = served_by(record["syscall"])
+    model = (record.get("args") or {}).get("model") if kind == "llm" else None
+    return {
+        wid: m
+        for wid, m in members.items()
+        if m.free > 0 and m.state.kind == kind and (not model or m.state.model == model)
+    }
 
 
 class Fleet:

@@ -1,21 +1,45 @@
 """Routing: which worker gets a call.
 
-A call whose session, or else system prompt, a worker served recently goes
-back to that worker, whose radix/prefix cache already holds the prefix, unless
-that worker is busier than the least loaded one by more than ``slack`` calls.
-Otherwise the least loaded worker (by fraction of capacity) wins.
+Two routers, chosen by the ``routing`` setting:
+
+- ``cache_aware`` (:class:`~.cacherouting.CacheRouter`, the default): the
+  worker with the longest cached prefix of the call's prompt, unless its
+  load exceeds the least loaded worker's by a threshold; see that module.
+- ``affinity`` (:class:`Router`): a call whose session, or else system
+  prompt, a worker served recently goes back to that worker, whose
+  radix/prefix cache already holds the prefix, unless that worker is busier
+  than the least loaded one by more than ``slack`` calls. Otherwise the least
+  loaded worker (by fraction of capacity) wins.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from typing import Protocol
 
-from aiosd.daemon.leasing.fleet import Member
+from aiosd.daemon.leasing.cacherouting import CacheRouter
+from aiosd.daemon.leasing.fleet import Member, able_workers
+from aiosd.daemon.leasing.tuning import Tuning
 from aiosd.daemon.store import Doc
-from aiosd.sdk.syscalls import served_by
 
 MAX_REMEMBERED = 10_000
+
+
+class Routing(Protocol):
+    """What the dispatcher asks of a router."""
+
+    def begin(self, members: dict[str, Member]) -> None:
+        """A dispatch round over ``members`` starts."""
+        ...
+
+    def choose(self, record: Doc, members: dict[str, Member]) -> str | None:
+        """The worker to lease ``record`` to, or ``None`` if none can take it."""
+        ...
+
+    def served(self, record: Doc, worker: str) -> None:
+        """``record`` was leased to ``worker``."""
+        ...
 
 
 class Router:
@@ -25,15 +49,12 @@ class Router:
         self._slack = slack
         self._seen: OrderedDict[str, str] = OrderedDict()
 
+    def begin(self, members: dict[str, Member]) -> None:
+        """Nothing to prepare: loads are counted in calls, read from ``members``."""
+
     def choose(self, record: Doc, members: dict[str, Member]) -> str | None:
         """The worker to lease ``record`` to, or ``None`` if none can take it."""
-        kind = served_by(record["syscall"])
-        model = (record.get("args") or {}).get("model") if kind == "llm" else None
-        able = {
-            wid: m
-            for wid, m in members.items()
-            if m.free > 0 and m.state.kind == kind and (not model or m.state.model == model)
-        }
+        able = able_workers(record, members)
         if not able:
             return None
         least = min(able, key=lambda wid: (able[wid].load, -able[wid].free, wid))
@@ -65,3 +86,12 @@ def affinity_key(record: Doc) -> str | None:
     if not system:
         return None
     return "system:" + hashlib.sha256(system.encode()).hexdigest()[:32]
+
+
+def make_router(name: str, slack: int, tuning: Tuning | None = None) -> Routing:
+    """The router called ``name`` (a Settings value)."""
+    if name == "cache_aware":
+        return CacheRouter(tuning or Tuning())
+    if name == "affinity":
+        return Router(slack)
+    raise ValueError(f"unknown routing {name!r}")

@@ -82,6 +82,8 @@ class LeasedWork:
             "priority": env.priority,
             "deadline": req.deadline,
             "session": req.session,
+            "program": req.program,  # las ranks a call by its program's attained service
+            "background": req.task is not None,  # a task's call waits behind interactive ones (priority)
         }
         if self.book.enqueue(record, self._prompt(env)):
             log.debug("llm_queued", message_id=env.message_id, agent=env.agent)

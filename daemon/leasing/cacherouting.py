@@ -1,0 +1,150 @@
+"""Cache-aware routing: a call goes where its prompt prefix is probably still cached.
+
+For every worker the router keeps a *picture* of the prefixes it leased there
+recently: the block names (:mod:`.prefixes`) of their prompts, least recently
+used first, at most ``route_cache_tokens`` tokens' worth (about the worker's
+KV cache). A prompt's blocks are touched deepest first, so a shared prefix
+(a system prompt) outlives the conversations that extend it, as leaves go
+before their parents in SGLang's radix cache. The picture is approximate:
+the router cannot see evictions caused by work it did not send.
+
+Each call goes to one of the workers with room (right kind and model), chosen
+in this order:
+
+1. only workers whose *load* — the service (:mod:`.tuning`) still outstanding
+   on the calls they hold, estimated when each was leased from its uncached
+   prompt and expected output — exceeds the least loaded worker's by at most
+   ``route_balance_tokens`` compete; the least loaded always does;
+2. among them, the longest cached prefix wins;
+3. then the worker that last served the call's program or session (so a
+   program stays on its worker while that is reasonable);
+4. then the least loaded.
+
+Tool calls have no prompt: they go to the least loaded tool runner (by
+fraction of capacity, as the ``affinity`` router of :mod:`.routing` does).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from aiosd.daemon.leasing.attained import ProgramKey, program_of
+from aiosd.daemon.leasing.fleet import Member, able_workers
+from aiosd.daemon.leasing.prefixes import BLOCK_CHARS, Shape
+from aiosd.daemon.leasing.tuning import CHARS_PER_TOKEN, Tuning
+from aiosd.daemon.store import Doc
+
+#: Programs and sessions whose last worker is remembered.
+MAX_REMEMBERED = 10_000
+#: Tokens per named block.
+BLOCK_TOKENS = BLOCK_CHARS // CHARS_PER_TOKEN
+
+
+class Picture:
+    """The prefix blocks one worker probably holds, least recently used first."""
+
+    def __init__(self, capacity_blocks: int) -> None:
+        self._capacity = max(capacity_blocks, 1)
+        self._lru: OrderedDict[int, None] = OrderedDict()
+
+    def match(self, names: memoryview) -> int:
+        """How many leading blocks of ``names`` it holds."""
+        lru = self._lru
+        count = 0
+        for name in names:
+            if name not in lru:
+                break
+            count += 1
+        return count
+
+    def add(self, names: memoryview) -> None:
+        """The worker computed or reused these blocks: they are now its most recent."""
+        lru = self._lru
+        for name in reversed(names):  # the root last: it is the most recent, evicted last
+            if name in lru:
+                lru.move_to_end(name)
+            else:
+                lru[name] = None
+        while len(lru) > self._capacity:
+            lru.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+
+class CacheRouter:
+    """Picks a worker for each call by cached prefix, program and load; see the module doc."""
+
+    def __init__(self, tuning: Tuning) -> None:
+        self._tuning = tuning
+        self._capacity = tuning.route_cache_tokens // BLOCK_TOKENS
+        self.pictures: dict[str, Picture] = {}
+        self._outstanding: dict[str, float] = {}  # lease id -> estimated service
+        self._last: OrderedDict[ProgramKey, str] = OrderedDict()
+        self._members: dict[str, Member] | None = None
+        self._loads: dict[str, float] = {}
+
+    def begin(self, members: dict[str, Member]) -> None:
+        """Start a dispatch round over ``members``: their loads, and forget what is gone."""
+        default = self._tuning.estimate(0, None)  # a lease granted before a restart
+        outstanding: dict[str, float] = {}
+        self._loads = {}
+        for wid, member in members.items():
+            load = 0.0
+            for lease in member.leases:
+                cost = outstanding[lease] = self._outstanding.get(lease, default)
+                load += cost
+            self._loads[wid] = load
+        self._outstanding = outstanding
+        for gone in self.pictures.keys() - members.keys():
+            del self.pictures[gone]
+        self._members = members
+
+    def choose(self, record: Doc, members: dict[str, Member]) -> str | None:
+        """The worker to lease ``record`` to, or ``None`` if none can take it."""
+        able = able_workers(record, members)
+        if not able:
+            return None
+        if len(able) == 1:
+            return next(iter(able))
+        if record.get("kind", "llm") != "llm":
+            return min(able, key=lambda wid: (able[wid].load, -able[wid].free, wid))
+        if members is not self._members:
+            self.begin(members)
+        loads = self._loads
+        floor = min(loads.get(wid, 0.0) for wid in able)
+        fair = [wid for wid in able if loads.get(wid, 0.0) <= floor + self._tuning.route_balance_tokens]
+        names = _names(record)
+        program = program_of(record)
+        last = self._last.get(program) if program is not None else None
+        return max(fair, key=lambda wid: (self._match(wid, names), wid == last, -loads.get(wid, 0.0), wid))
+
+    def served(self, record: Doc, worker: str) -> None:
+        """``record`` was leased to ``worker``: count its load there and add its prefix to the picture."""
+        names = _names(record)
+        shape = record.get("shape")
+        if isinstance(shape, Shape) and record.get("lease"):
+            cached = min(self._match(worker, names) * BLOCK_TOKENS, shape.prompt_tokens)
+            cost = self._tuning.estimate(shape.prompt_tokens - cached, shape.max_tokens)
+            self._outstanding[record["lease"]["id"]] = cost
+            self._loads[worker] = self._loads.get(worker, 0.0) + cost
+        if len(names):
+            picture = self.pictures.get(worker)
+            if picture is None:
+                picture = self.pictures[worker] = Picture(self._capacity)
+            picture.add(names)
+        program = program_of(record)
+        if program is not None:
+            self._last[program] = worker
+            self._last.move_to_end(program)
+            while len(self._last) > MAX_REMEMBERED:
+                self._last.popitem(last=False)
+
+    def _match(self, worker: str, names: memoryview) -> int:
+        picture = self.pictures.get(worker)
+        return picture.match(names) if picture is not None and len(names) else 0
+
+
+def _names(record: Doc) -> memoryview:
+    shape = record.get("shape")
+    return shape.names() if isinstance(shape, Shape) else memoryview(b"").cast("q")
