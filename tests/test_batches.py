@@ -126,14 +126,18 @@ def test_cancel_then_retry_failed(
     failing = submit(registry, write_jsonl(tmp_path / "f.jsonl", [{"input": {"notes": 1}}] * 6), agent)
     cancelled = submit(registry, write_jsonl(tmp_path / "c.jsonl", [{"input": i} for i in range(8)]), agent)
     done = registry.cli("batch", "cancel", cancelled)
-    assert done.returncode == 0 and "8 task(s) cancelled" in done.stdout, done.stdout
+    assert done.returncode == 0 and "cancelled" in done.stdout and "its 8 queued task(s)" in done.stdout, done.stdout
     runner = RunnerProcess(shared_world, tmp_path, runner_url, task_lease_ttl="3").start()
     try:
         figures = wait_batch(registry, failing)
         assert figures["counts"]["failed"] == 6, figures
         rows = [json.loads(line) for line in export(registry, failing, "--failed").splitlines()]
         assert len(rows) == 6 and {r["error_code"] for r in rows} == {"denied"}
-        assert wait_batch(registry, cancelled)["counts"]["cancelled"] == 8
+        deadline = time.monotonic() + 30
+        while (gone := status(registry, cancelled))["counts"]["cancelled"] < 8:
+            assert time.monotonic() < deadline, gone
+            time.sleep(0.3)
+        assert gone["state"] == "cancelled" and gone["counts"]["queued"] == 0 and gone["done"] == 8
         registry.cli("agents", "policy", "set", agent, "--allow", "task.*", "--allow", "memory.*")
         again = registry.cli("batch", "retry", failing, "--failed")
         assert again.returncode == 0 and "6 failed task(s) queued again" in again.stdout, again.stdout

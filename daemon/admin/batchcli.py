@@ -223,7 +223,11 @@ def cancel(config_file: str | None, batch_id: str, **overrides: Any) -> None:
     """Cancel a batch: its queued tasks never start, its running ones stop."""
     with _admin(config_file, overrides, scheduler=True) as admin:
         done = admin.cancel(batch_id)
-    click.echo(f"batch {batch_id} {done['state']}: {done['counts']['cancelled']} task(s) cancelled")
+    counts = done["counts"]
+    click.echo(
+        f"batch {batch_id} {done['state']}: {counts['cancelled']} task(s) cancelled so far;"
+        f" its {counts['queued']} queued task(s) are cancelled as runners take them"
+    )
 
 
 @batch.command()

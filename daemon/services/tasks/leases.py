@@ -132,6 +132,11 @@ class TaskLeases:
             raise BindingRefused(f"runner {sender!r} does not hold the lease on task {binding.id!r}")
         return lease
 
+    def running_of(self, batch: str) -> list[str]:
+        """Ids of the tasks of ``batch`` this scheduler holds leases for."""
+        with self._lock:
+            return [lease.task for lease in self._leases.values() if lease.batch == batch]
+
     def running_in(self, batch: str) -> int:
         """Tasks of ``batch`` this scheduler knows to be running."""
         now = time.monotonic()

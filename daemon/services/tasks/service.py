@@ -153,15 +153,18 @@ class TaskService:
         return batch_info(self._own_batch(ctx.agent, args.id))
 
     def batch_cancel(self, ctx: CallContext, args: BatchRef) -> BatchInfo:
-        """``batch.cancel``: its queued tasks are skipped when a runner takes them, running ones stop."""
-        self._own_batch(ctx.agent, args.id)
-        batch = self._batch(args.id)
+        """``batch.cancel``: running tasks stop now; queued ones are cancelled as runners take them.
+
+        One write however large the batch: its queued tasks wait in RabbitMQ, and
+        ``task.start`` cancels each (instead of running it) when its message comes.
+        """
+        batch = self._own_batch(ctx.agent, args.id)
         if batch["state"] not in ("finished", "cancelled"):
             self._store.set_state(args.id, "cancelled")
-        for page in self._store.batch_tasks(batch, fields={"state": 1}):
-            for task in page:
-                if task["state"] in (QUEUED, RUNNING):
-                    self.cancel_task(task)
+        for task_id in self._leases.running_of(args.id):
+            doc = self._store.get(task_id)
+            if doc is not None:
+                self.cancel_task(doc)
         return batch_info(self._batch(args.id))
 
     def batch_retry(self, ctx: CallContext, args: BatchRef) -> BatchInfo:
@@ -209,7 +212,11 @@ class TaskService:
             if held is not None and held.live():
                 wait = max(held.expires - time.monotonic(), 0.1)
                 return TaskStart(action="wait", reason="another runner holds the task's lease", retry_after=wait)
-        if state == QUEUED and doc.get("batch") and self._batch_full(doc["batch"]):
+        batch = self._store.batch(doc["batch"]) if state == QUEUED and doc.get("batch") else None
+        if batch is not None and batch.get("state") == "cancelled":
+            self.cancel_task(doc)
+            return TaskStart(action="skip", reason="the task's batch was cancelled")
+        if batch is not None and self._batch_full(batch):
             return TaskStart(action="wait", reason="the batch runs its max_concurrent tasks", retry_after=WAIT_SECONDS)
         return self._grant(ctx.agent, doc)
 
@@ -291,10 +298,9 @@ class TaskService:
         if batch:
             self._store.count(batch, {old: -1, new: 1}, usage)
 
-    def _batch_full(self, batch_id: str) -> bool:
-        batch = self._store.batch(batch_id)
-        limit = (batch or {}).get("max_concurrent")
-        return isinstance(limit, int) and limit > 0 and self._leases.running_in(batch_id) >= limit
+    def _batch_full(self, batch: Doc) -> bool:
+        limit = batch.get("max_concurrent")
+        return isinstance(limit, int) and limit > 0 and self._leases.running_in(batch["_id"]) >= limit
 
     def _runner(self, agent: str) -> None:
         standing = self._policies.standing(agent)
