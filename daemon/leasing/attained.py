@@ -91,9 +91,9 @@ class LeastAttained:
         return self.ledger.get(program)
 
     def key(self, call: Doc) -> tuple[Any, ...]:
-        """Priority descending, then the rank of the module doc."""
-        rank = self._tuning.aged(call["queued_at"].timestamp(), self.attained(call))
-        return (-int(call.get("priority") or 0), rank)
+        """Priority descending, then the rank of the module doc; at equal rank the older call."""
+        queued = call["queued_at"].timestamp()
+        return (-int(call.get("priority") or 0), self._tuning.aged(queued, self.attained(call)), queued)
 
     def order(self, queued: list[Doc]) -> list[Doc]:
         """``queued`` in key order."""

@@ -32,7 +32,7 @@ from typing import Any
 from pymongo import UpdateOne
 from pymongo.collection import Collection
 
-from aiosd.daemon.leasing.prefixes import Shape, shape_of
+from aiosd.daemon.leasing.prefixes import shape_of
 from aiosd.daemon.leasing.routing import affinity_key
 from aiosd.daemon.store import Doc
 from aiosd.sdk.cluster import Snapshot
@@ -127,7 +127,9 @@ class LeaseBook:
         entry = _entry(record, hint)
         if entry["kind"] == "llm":  # outside the lock: hashing a long prompt takes tens of microseconds
             args = record.get("args") or {}
-            entry["shape"] = shape_of(prompt if prompt is not None else args.get("messages") or [], args.get("max_tokens"))
+            entry["shape"] = shape_of(
+                prompt if prompt is not None else args.get("messages") or [], args.get("max_tokens")
+            )
         fields: Doc = {
             "state": QUEUED,
             "queued_at": entry["queued_at"],

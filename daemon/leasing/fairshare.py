@@ -68,8 +68,8 @@ class FairShare:
         shape.tag = start
         shape.reserved = self._tuning.estimate(shape.prompt_tokens, shape.max_tokens)
         self._set_finish(agent, start + shape.reserved / weight)
-        rank = self._tuning.aged(call["queued_at"].timestamp(), start - self.vtime)
-        return (-int(call.get("priority") or 0), rank)
+        queued = call["queued_at"].timestamp()
+        return (-int(call.get("priority") or 0), self._tuning.aged(queued, start - self.vtime), queued)
 
     def order(self, queued: list[Doc]) -> list[Doc]:
         """``queued`` in key order (each call is tagged as if queued in list order)."""

@@ -21,9 +21,11 @@ from aiosd.daemon.audit.chain import AuditLog
 from aiosd.daemon.leasing.book import LeaseBook
 from aiosd.daemon.leasing.caps import LlmCaps
 from aiosd.daemon.leasing.dispatcher import Dispatcher
+from aiosd.daemon.leasing.fairshare import policy_weights
 from aiosd.daemon.leasing.fleet import Fleet
 from aiosd.daemon.leasing.ordering import make_ordering
-from aiosd.daemon.leasing.routing import Router
+from aiosd.daemon.leasing.routing import make_router
+from aiosd.daemon.leasing.tuning import Tuning
 from aiosd.daemon.leasing.work import LeasedWork
 from aiosd.daemon.pipeline.approvals import APPROVALS, Approvals
 from aiosd.daemon.pipeline.flow import Completion, Pipeline
@@ -143,8 +145,9 @@ def build_scheduler(settings: Settings) -> SchedulerGraph:
         leases=task_leases,
     )
     wakeup = threading.Event()
-    ordering = make_ordering(settings.policy, settings.slice_tokens)
-    book = LeaseBook(store.syscalls, ordering.key)
+    tuning = Tuning.of(settings)
+    ordering = make_ordering(settings.policy, settings.slice_tokens, tuning, policy_weights(policies))
+    book = LeaseBook(store.syscalls, ordering.key, charge=ordering.charge)
     leased = LeasedWork(
         book,
         Fleet(store.workers, settings.worker_timeout),
@@ -162,7 +165,7 @@ def build_scheduler(settings: Settings) -> SchedulerGraph:
     dispatcher = Dispatcher(
         leased,
         ordering,
-        Router(settings.affinity_slack),
+        make_router(settings.routing, settings.affinity_slack, tuning),
         outbox.publish_lease,
         wakeup,
         lease_ttl=settings.lease_ttl,

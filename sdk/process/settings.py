@@ -69,8 +69,10 @@ class Settings(BaseSettings):
         default=None, description="If set, audit records are chained with HMAC-SHA-256 under this key."
     )
     # -- LLM scheduling (scheduler) --
-    policy: Literal["fifo", "priority", "round_robin"] = Field(
-        default="priority", description="Order in which queued LLM calls are leased."
+    policy: Literal["fifo", "priority", "round_robin", "las", "fair"] = Field(
+        default="priority",
+        description="Order in which queued LLM calls are leased: fifo, priority (9 first), round_robin (time"
+        " slices), las (least attained service per program, aged) or fair (weighted fair share per agent, aged).",
     )
     slice_tokens: int = Field(default=64, ge=1, description="round_robin: tokens per time slice.")
     lease_ttl: float = Field(default=30.0, gt=0, description="Seconds a lease lives without a heartbeat.")
@@ -85,6 +87,39 @@ class Settings(BaseSettings):
     worker_timeout: float = Field(default=10.0, gt=0, description="Seconds without heartbeat before a worker is dead.")
     affinity_slack: int = Field(
         default=1, ge=0, description="Extra in-flight calls a worker may have and still win a call by affinity."
+    )
+    service_prefill_weight: float = Field(
+        default=0.1,
+        ge=0,
+        description="las, fair, cache_aware: a computed (uncached) prompt token's cost against one generated token.",
+    )
+    aging_rate: float = Field(
+        default=1000.0,
+        gt=0,
+        description="las, fair: tokens of service one second of waiting makes up for.",
+    )
+    starvation_bound: float = Field(
+        default=60.0,
+        gt=0,
+        description="las, fair: at its priority, a queued call is passed over only by calls queued less than"
+        " this many seconds after it.",
+    )
+    routing: Literal["cache_aware", "affinity"] = Field(
+        default="cache_aware",
+        description="How a worker is chosen: cache_aware (longest cached prompt prefix, within the balance"
+        " threshold) or affinity (session or system prompt, within affinity_slack calls).",
+    )
+    route_balance_tokens: float = Field(
+        default=4096.0,
+        ge=0,
+        description="cache_aware: outstanding tokens by which a worker may exceed the least loaded one and still"
+        " win a call by its cached prefix.",
+    )
+    route_cache_tokens: int = Field(
+        default=262_144,
+        ge=1,
+        description="cache_aware: prompt tokens remembered per worker (about its KV cache), least recently used"
+        " forgotten first.",
     )
     # -- worker --
     worker_id: str | None = Field(default=None, max_length=64, description="Defaults to <host>-<pid>.")
