@@ -30,6 +30,10 @@ def worker_queue(worker_id: str) -> str:
 
 #: The collection where the scheduler keeps each worker's last heartbeat (``aiosd worker --check`` reads it).
 WORKERS_COLLECTION = "workers"
+#: One document per scheduler process, refreshed every few seconds (``aiosd status`` reads it).
+SCHEDULERS_COLLECTION = "schedulers"
+#: One document per task runner, refreshed by its heartbeats.
+RUNNERS_COLLECTION = "runners"
 
 
 class _Frozen(BaseModel):

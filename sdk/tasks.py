@@ -155,9 +155,16 @@ class TaskStart(_Model):
 
 
 class TaskHeartbeatArgs(_Model):
-    """``task.heartbeat`` (runners only): renew the leases of the tasks the runner is running."""
+    """``task.heartbeat`` (runners only): renew the leases of the tasks the runner is running.
+
+    Runners send it on a clock even when they hold no task: it is also how the
+    scheduler knows which runners are alive (``aiosd status``).
+    """
 
     leases: list[TaskBinding] = Field(max_length=1024)
+    runner_id: str | None = Field(default=None, max_length=MAX_NAME, description="<host>-<pid> of the runner.")
+    capacity: int = Field(default=0, ge=0, le=100_000, description="Tasks it runs at once.")
+    programs: list[str] = Field(default_factory=list, max_length=256, description="Programs installed there.")
 
 
 class TaskHeartbeat(_Model):

@@ -81,6 +81,7 @@ class World:
             AIOSD_MONGO_DB=self.db_name,
             AIOSD_LOG_FORMAT="json",
             AIOSD_CONNECT_TIMEOUT="20",
+            AIOSD_METRICS_PORT="0",  # tests run many processes at once: no fixed ports (metrics tests pick one)
         )
         env.update(extra)
         return env

@@ -19,6 +19,8 @@ redelivers whatever it did not finish.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -62,6 +64,7 @@ class TaskRunner:
         self.lifecycle = lifecycle
         self.programs = programs
         self.capacity = settings.runner_capacity
+        self.runner_id = settings.worker_id or f"{socket.gethostname()}-runner-{os.getpid()}"
         self._client: Client | None = None
         self._conn: pika.BlockingConnection | None = None
         self._ch: BlockingChannel | None = None
@@ -244,7 +247,7 @@ class TaskRunner:
         return output, None
 
     def _heartbeats(self) -> None:
-        every = max(self.settings.task_lease_ttl / 3, 0.2)
+        every = min(max(self.settings.task_lease_ttl / 3, 0.2), 10.0)
         while True:
             if self.lifecycle.stop_requested.wait(every):
                 if not self._busy:
@@ -252,12 +255,14 @@ class TaskRunner:
                 time.sleep(every)  # draining: running tasks still need their leases
             with self._lock:
                 held = [r.ctx.binding for r in self._running.values()]
-            if not held:
-                continue
+            beat = {
+                "leases": [b.model_dump() for b in held],
+                "runner_id": self.runner_id,
+                "capacity": self.capacity,
+                "programs": sorted(self.programs)[:256],
+            }
             try:
-                answer = self._require_client().call(
-                    "task.heartbeat", {"leases": [b.model_dump() for b in held]}, timeout=every * 2
-                )
+                answer = self._require_client().call("task.heartbeat", beat, timeout=every * 2)
             except Exception as exc:  # a missed beat: the lease has two more before it runs out
                 log.warning("task_heartbeat_failed", error=f"{type(exc).__name__}: {exc}")
                 continue

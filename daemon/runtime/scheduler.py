@@ -75,6 +75,7 @@ class Scheduler:
             loaded = self.leased.book.load(self.settings.lease_ttl)
             recounted = self.graph.recovery.recount_quotas()  # before anything is served again
             batches = self.graph.tasks.recount_batches()
+            self.graph.presence.beat()
             self._attach(self._connect(self.settings.connect_timeout))
         except ServiceUnavailable:
             if self.lifecycle.stop_requested.is_set():
@@ -167,6 +168,7 @@ class Scheduler:
             self._write_book()
             self._advance_audit_head()
             self._charge_tokens()
+            self._say_goodbye()
             self.store.close()
         log.info("scheduler_stopped", unfinished=self.inflight)
 
@@ -272,6 +274,12 @@ class Scheduler:
             self.graph.meter.flush_charges()
         except Exception as exc:  # tokens of calls that finished just now: the quota undercounts them
             log.warning("token_charges_lost", error=repr(exc))
+
+    def _say_goodbye(self) -> None:
+        try:
+            self.graph.presence.gone()
+        except Exception as exc:  # status then reports it dead after three missed beats, as after a crash
+            log.warning("presence_not_cleared", error=repr(exc))
 
     def _recover(self) -> None:
         count = self.graph.recovery.recover()

@@ -34,6 +34,7 @@ from aiosd.daemon.pipeline.kernel import Kernel
 from aiosd.daemon.pipeline.records import Records
 from aiosd.daemon.pipeline.recovery import Recovery
 from aiosd.daemon.runtime.periodic import Periodic
+from aiosd.daemon.runtime.presence import PRESENCE_INTERVAL, Presence
 from aiosd.daemon.runtime.threads import SyscallThreads
 from aiosd.daemon.services.memory.guard import PolicyMemoryGuard
 from aiosd.daemon.services.memory.service import MemoryService
@@ -46,6 +47,7 @@ from aiosd.daemon.services.tasks.store import TaskStore
 from aiosd.daemon.services.tools import ToolService
 from aiosd.daemon.store import Store
 from aiosd.daemon.transport.outbox import LiveOutbox
+from aiosd.sdk.cluster import SCHEDULERS_COLLECTION
 from aiosd.sdk.process.logs import get_logger
 from aiosd.sdk.process.settings import Settings
 from aiosd.sdk.registry import ToolRegistry
@@ -101,6 +103,7 @@ class SchedulerGraph:
     audit: AuditLog
     meter: Meter
     tasks: TaskService
+    presence: Presence
 
 
 def build_scheduler(settings: Settings) -> SchedulerGraph:
@@ -173,6 +176,8 @@ def build_scheduler(settings: Settings) -> SchedulerGraph:
     )
 
     housekeeping = Periodic(threads.submit)
+    presence = Presence(store.db[SCHEDULERS_COLLECTION], settings)
+    housekeeping.every(PRESENCE_INTERVAL, "presence", presence.beat)
 
     def settle_approvals() -> None:
         if approvals.settle(pipeline.execute, completion.finish):
@@ -200,4 +205,5 @@ def build_scheduler(settings: Settings) -> SchedulerGraph:
         audit,
         meter,
         tasks,
+        presence,
     )

@@ -255,7 +255,10 @@ class TaskService:
     def heartbeat(self, ctx: CallContext, args: TaskHeartbeatArgs) -> TaskHeartbeat:
         """``task.heartbeat``: renew the runner's leases; report the tasks it no longer holds."""
         self._runner(ctx.agent)
-        return TaskHeartbeat(lost=self._leases.renew(ctx.agent, args.leases), lease_seconds=self._leases.ttl)
+        lost = self._leases.renew(ctx.agent, args.leases)
+        if args.runner_id is not None:
+            self._store.runner_seen(args.runner_id, ctx.agent, args.capacity, len(args.leases), args.programs)
+        return TaskHeartbeat(lost=lost, lease_seconds=self._leases.ttl)
 
     def finish(self, ctx: CallContext, args: TaskFinishArgs) -> TaskFinished:
         """``task.finish``: the first finish under the current lease wins; any later one gets the stored state."""

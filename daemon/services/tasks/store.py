@@ -31,6 +31,7 @@ from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from aiosd.daemon.store import DUPLICATE_KEY, Doc
+from aiosd.sdk.cluster import RUNNERS_COLLECTION
 from aiosd.sdk.protocol import utcnow
 from aiosd.sdk.tasks import TaskState
 
@@ -63,6 +64,7 @@ class TaskStore:
         self.tasks: Collection[Doc] = db[TASKS]
         self.batches: Collection[Doc] = db[BATCHES]
         self.totals: Collection[Doc] = db[TOTALS]
+        self.runners: Collection[Doc] = db[RUNNERS_COLLECTION]
         #: Serializes this process's writes of task and batch documents (see the module docstring).
         self.lock = threading.RLock()
 
@@ -110,6 +112,22 @@ class TaskStore:
         if after:
             query["_id"] = {"$gt": after}
         return list(self.tasks.find(query).sort("_id", 1).limit(limit))
+
+    def runner_seen(self, runner_id: str, agent: str, capacity: int, running: int, programs: list[str]) -> None:
+        """Record a runner's heartbeat (one small document per runner, written by this scheduler only)."""
+        self.runners.update_one(
+            {"_id": runner_id},
+            {
+                "$set": {
+                    "agent": agent,
+                    "capacity": capacity,
+                    "running": running,
+                    "programs": programs,
+                    "last_seen": utcnow(),
+                }
+            },
+            upsert=True,
+        )
 
     # -- batches -----------------------------------------------------------------
 
