@@ -152,6 +152,13 @@ class Settings(BaseSettings):
     tool_scratch_dir: str | None = Field(
         default=None, description="Where each call's private scratch directory is made (default: the system temp dir)."
     )
+    metrics_host: str = Field(default="127.0.0.1", description="Address the Prometheus metrics endpoint binds to.")
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Prometheus metrics port; unset: 9710 scheduler, 9711 worker, 9712 tools, 9713 runner; 0: off.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto", description="auto: console on a TTY, JSON lines otherwise."
