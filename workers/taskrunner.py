@@ -34,6 +34,7 @@ from pika.spec import Basic, BasicProperties
 
 from aiosd.sdk.client import Client
 from aiosd.sdk.errors import CallError, ServiceUnavailable
+from aiosd.sdk.process import metrics
 from aiosd.sdk.process.lifecycle import Lifecycle
 from aiosd.sdk.process.logs import get_logger
 from aiosd.sdk.process.settings import Settings
@@ -87,6 +88,9 @@ class TaskRunner:
         tag = self._ch.basic_consume(TASK_QUEUE, self._on_message, auto_ack=False)
         beats = threading.Thread(target=self._heartbeats, name="aiosd-task-heartbeat", daemon=True)
         beats.start()
+        metrics.serve("runner", self.settings.metrics_host, self.settings.metrics_port)
+        metrics.RUNNER_CAPACITY.set(self.capacity)
+        metrics.gauge_from(metrics.RUNNER_RUNNING, lambda: len(self._running))
         self.lifecycle.ready()
         log.info("runner_ready", capacity=self.capacity, programs=sorted(self.programs), agent=self._client.agent)
         try:
@@ -217,8 +221,10 @@ class TaskRunner:
         finally:
             with self._lock:
                 self._running.pop(task_id, None)
+        metrics.RUNNER_SYSCALLS.inc(ctx.usage.syscalls)
         if ctx.lost.is_set():
             log.warning("task_lost", task=task_id, attempt=start.attempt)
+            metrics.RUNNER_TASKS.labels("lost").inc()
             return
         finish: dict[str, Any] = {"id": task_id, "lease": start.lease, "usage": ctx.usage.model_dump()}
         if error is not None:
@@ -226,6 +232,7 @@ class TaskRunner:
         else:
             finish["output"] = output
         done = client.call("task.finish", finish)
+        metrics.RUNNER_TASKS.labels("failed" if error is not None else "succeeded").inc()
         log.info("task_done", task=task_id, program=start.program, state=done.get("state"), attempt=start.attempt)
 
     def _run_program(self, name: str, ctx: ProgramContext) -> tuple[Any, TaskError | None]:

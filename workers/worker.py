@@ -28,6 +28,7 @@ from typing import Protocol
 
 from aiosd.sdk.cluster import Goodbye, Heartbeat, Lease, Outcome, WorkerKind, WorkerState, decode_lease
 from aiosd.sdk.errors import ProtocolError, ServiceUnavailable
+from aiosd.sdk.process import metrics
 from aiosd.sdk.process.lifecycle import Lifecycle
 from aiosd.sdk.process.logs import get_logger
 from aiosd.sdk.process.settings import Settings
@@ -130,9 +131,16 @@ class Worker:
             raise ServiceUnavailable(f"RabbitMQ failed during registration: {exc!r}") from exc
         self._next_beat = time.monotonic() + self.settings.heartbeat_interval
         info = self.engine.info
+        self._metrics_on()
         self.lifecycle.ready(f"worker {self.config.worker_id}: {info.name}, capacity {self.config.capacity}")
         log.info("worker_ready", worker_id=self.config.worker_id, model=info.name, capacity=self.config.capacity)
         return True
+
+    def _metrics_on(self) -> None:
+        kind = "worker" if self.kind == "llm" else "tools"
+        metrics.serve(kind, self.settings.metrics_host, self.settings.metrics_port)
+        metrics.WORKER_CAPACITY.labels(self.kind).set(self.config.capacity)
+        metrics.gauge_from(metrics.WORKER_IN_FLIGHT.labels(self.kind), lambda: len(self.ledger))
 
     def _start_engine(self) -> None:
         # Wait in the main thread so the watchdog is fed and SIGTERM is heard
@@ -234,6 +242,7 @@ class Worker:
             held = self.ledger.settle(outcome.lease_id)
             if held is not None and held.connection is broker:
                 broker.ack(held.tag)
+            _count(self.kind, outcome)
             log.info(
                 "lease_settled",
                 lease_id=outcome.lease_id,
@@ -274,6 +283,7 @@ class Worker:
             metrics=probe.metrics,
         )
         broker.publish(Heartbeat(worker=state))
+        metrics.WORKER_HEALTHY.labels(self.kind).set(1 if probe.healthy else 0)
 
     # -- connection ----------------------------------------------------------------------
 
@@ -355,3 +365,13 @@ class Worker:
 
 def _nothing() -> None:
     """Queued on the connection only to wake the main loop's pump."""
+
+
+def _count(kind: str, outcome: Outcome) -> None:
+    """The outcome in the worker's metrics (calls by status, tokens by model)."""
+    metrics.WORKER_CALLS.labels(kind, outcome.status).inc()
+    if kind == "llm":
+        usage = outcome.usage
+        for kind_of_token, n in (("prompt", usage.prompt_tokens), ("completion", usage.completion_tokens)):
+            if n:
+                metrics.WORKER_TOKENS.labels(outcome.model or "unknown", kind_of_token).inc(n)

@@ -152,6 +152,11 @@ class AuditLog:
         entry = Entry(agent, syscall, message_id, decision, code, reason, resource, actor)
         return self.record_many([entry])[0]
 
+    def length(self) -> int:
+        """Records in the chain (the last sequence number): from memory once this process appended."""
+        tail = self._tail
+        return tail[0] if tail is not None else self._read_head()[0]
+
     def record_many(self, entries: list[Entry]) -> list[Doc]:
         """Append ``entries`` in order and return the records once they are stored.
 

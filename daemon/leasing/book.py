@@ -278,6 +278,11 @@ class LeaseBook:
         with self._lock:
             return len(self._entries)
 
+    def count(self, state: str) -> int:
+        """Entries in ``state`` (``queued`` or ``leased``); for metrics, read when scraped."""
+        with self._lock:
+            return sum(1 for e in self._entries.values() if e["state"] == state)
+
     # -- under the lock ----------------------------------------------------------------
 
     def _current(self, key: str, lease_id: str) -> Doc | None:

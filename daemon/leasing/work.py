@@ -24,6 +24,7 @@ from aiosd.daemon.services.sessions import SessionService, fit
 from aiosd.daemon.store import Doc
 from aiosd.sdk.cluster import Goodbye, Heartbeat, Outcome
 from aiosd.sdk.llm import LlmChatResult
+from aiosd.sdk.process import metrics
 from aiosd.sdk.process.logs import get_logger
 from aiosd.sdk.protocol import ErrorCode, Reply, Timings, Usage, utcnow
 from aiosd.sdk.syscalls import served_by
@@ -172,6 +173,7 @@ class LeasedWork:
                 result: dict[str, Any] = out.result or {}
             else:
                 result = _chat_result(out, entry)
+                _count_tokens(out.model or str(entry.get("model") or "unknown"), env.agent, usage)
                 total, calls = spent.get(env.agent, (Usage(), 0))
                 spent[env.agent] = (total.plus(usage), calls + 1)
                 self._remember(env, out)
@@ -283,6 +285,16 @@ class LeasedWork:
         if self._on_usage is not None:
             for agent, (usage, calls) in spent.items():
                 self._on_usage(agent, usage, calls)  # per-period accounting for token quotas
+
+
+def _count_tokens(model: str, agent: str, usage: Usage) -> None:
+    for kind, n in (
+        ("prompt", usage.prompt_tokens),
+        ("completion", usage.completion_tokens),
+        ("cached", usage.cached_tokens),
+    ):
+        if n:
+            metrics.TOKENS.labels(model, agent, kind).inc(n)
 
 
 def _chat_result(out: Outcome, doc: Doc) -> dict[str, Any]:

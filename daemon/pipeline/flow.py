@@ -40,9 +40,10 @@ from aiosd.daemon.services.context import CallContext
 from aiosd.daemon.store import Doc
 from aiosd.daemon.transport.delivery import Delivery, ack_all
 from aiosd.daemon.transport.outbox import Outbox
+from aiosd.sdk.process import metrics
 from aiosd.sdk.process.logs import get_logger
 from aiosd.sdk.protocol import ErrorCode, Reply, Status, Timings, utcnow
-from aiosd.sdk.syscalls import is_leased
+from aiosd.sdk.syscalls import CATALOGUE, is_leased
 
 log = get_logger(__name__)
 
@@ -84,6 +85,7 @@ class Completion:
         won = self._records.complete_many(finished)
         self._audit.record_many([entry(env, _decision(reply), reply) for env, reply in won])
         for env, reply in won:
+            _observe(reply)
             self.send(env, reply)
 
     def finish_unstored(self, finished: list[tuple[Envelope, Reply]]) -> None:
@@ -97,6 +99,7 @@ class Completion:
             entries += [entry(env, Decision.ACCEPTED), entry(env, _decision(reply), reply)]
         self._audit.record_many(entries)
         for env, reply in won:
+            _observe(reply)
             self.send(env, reply, live=False)
 
     def answer_later(self, duplicate: Envelope) -> None:
@@ -138,6 +141,11 @@ class Completion:
         with self._sent_lock:
             keys, self._sent = self._sent, []
         self._records.retire(keys)
+
+
+def _observe(reply: Reply) -> None:
+    timings = reply.timings
+    metrics.observe_reply(reply.syscall or "", reply.status.value, timings.queue_ms, timings.run_ms)
 
 
 def entry(env: Envelope, decision: Decision, reply: Reply | None = None) -> Entry:
@@ -258,6 +266,7 @@ class Pipeline:
     def _hand_back(self, batch: list[Delivery], exc: Exception) -> None:
         """Transient store trouble: redeliver the batch, but give up a message that keeps failing alone."""
         log.error("store_unavailable", deliveries=len(batch), error=str(exc))
+        metrics.DATABASE_ERRORS.inc()
         time.sleep(RETRY_PAUSE)
         for d in batch:
             attempts = self._poison.failed(d)
@@ -382,6 +391,9 @@ class Pipeline:
     def _answer(self, d: Delivery, rej: Rejected) -> None:
         """Reply to a rejected delivery (where allowed), then dead-letter or ack it."""
         log.warning("rejected", message_id=d.message_id, agent=rej.agent, code=rej.code.value, reason=rej.reason)
+        metrics.SYSCALLS.labels(_known(rej.syscall), "denied" if rej.status == Status.DENIED else "rejected").inc()
+        if rej.dead_letter:
+            metrics.DEAD_LETTERS.labels(rej.code.value).inc()
         if d.reply_to and reply_allowed(rej.sender, d.reply_to):
             # Without a message_id the reply carries the correlation_id as its id.
             reply_id = d.message_id or d.correlation_id or ""
@@ -471,6 +483,11 @@ def _divergence(env: Envelope, doc: Doc) -> str | None:
             " the program must make the same syscalls in the same order on every run"
         )
     return None
+
+
+def _known(syscall: str | None) -> str:
+    """A syscall name fit for a metric label: the catalogue's names only (an agent may send anything)."""
+    return syscall if syscall is not None and syscall in CATALOGUE else "unknown"
 
 
 def _past_deadline(env: Envelope) -> bool:

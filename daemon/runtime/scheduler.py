@@ -22,6 +22,7 @@ from aiosd.daemon.transport.broker import AMQP_ERRORS, Broker
 from aiosd.daemon.transport.delivery import Delivery, ack_all
 from aiosd.sdk.cluster import EVENTS_QUEUE, Goodbye, Heartbeat, Outcome, decode_event
 from aiosd.sdk.errors import ProtocolError, ServiceUnavailable
+from aiosd.sdk.process import metrics
 from aiosd.sdk.process.lifecycle import Lifecycle
 from aiosd.sdk.process.logs import get_logger
 from aiosd.sdk.process.settings import Settings
@@ -76,6 +77,7 @@ class Scheduler:
             recounted = self.graph.recovery.recount_quotas()  # before anything is served again
             batches = self.graph.tasks.recount_batches()
             self.graph.presence.beat()
+            self._metrics_on()
             self._attach(self._connect(self.settings.connect_timeout))
         except ServiceUnavailable:
             if self.lifecycle.stop_requested.is_set():
@@ -114,6 +116,7 @@ class Scheduler:
                     raise pika.exceptions.ChannelClosed(0, "a channel closed")
             except AMQP_ERRORS as exc:
                 log.error("broker_connection_lost", error=repr(exc))
+                metrics.BROKER_ERRORS.inc()
                 self._reconnect()
             self.lifecycle.tick()
             self.housekeeping.tick()
@@ -274,6 +277,15 @@ class Scheduler:
             self.graph.meter.flush_charges()
         except Exception as exc:  # tokens of calls that finished just now: the quota undercounts them
             log.warning("token_charges_lost", error=repr(exc))
+
+    def _metrics_on(self) -> None:
+        """Serve the scheduler's metrics; the gauges read the lease book, task leases and audit chain when scraped."""
+        metrics.serve("scheduler", self.settings.metrics_host, self.settings.metrics_port)
+        book = self.leased.book
+        metrics.gauge_from(metrics.BACKLOG, lambda: book.count("queued"))
+        metrics.gauge_from(metrics.LEASES, lambda: book.count("leased"))
+        metrics.gauge_from(metrics.TASKS_RUNNING, lambda: len(self.graph.tasks.leases))
+        metrics.gauge_from(metrics.AUDIT_RECORDS, self.graph.audit.length)
 
     def _say_goodbye(self) -> None:
         try:

@@ -64,6 +64,8 @@ RETIRE_INTERVAL = 0.25
 CHARGE_INTERVAL = 0.2
 #: Seconds the audit chain's head hint may lag behind its records.
 HEAD_INTERVAL = 0.5
+#: Seconds between refreshes of the batches-by-state metric.
+BATCH_GAUGE_INTERVAL = 15.0
 #: Seconds the lease book's transitions may wait to be written with others (dispatch rounds write too).
 JOURNAL_INTERVAL = 0.2
 
@@ -178,6 +180,7 @@ def build_scheduler(settings: Settings) -> SchedulerGraph:
     housekeeping = Periodic(threads.submit)
     presence = Presence(store.db[SCHEDULERS_COLLECTION], settings)
     housekeeping.every(PRESENCE_INTERVAL, "presence", presence.beat)
+    housekeeping.every(BATCH_GAUGE_INTERVAL, "batch_gauges", tasks.batch_gauges)
 
     def settle_approvals() -> None:
         if approvals.settle(pipeline.execute, completion.finish):

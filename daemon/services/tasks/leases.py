@@ -132,6 +132,10 @@ class TaskLeases:
             raise BindingRefused(f"runner {sender!r} does not hold the lease on task {binding.id!r}")
         return lease
 
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._leases)
+
     def running_of(self, batch: str) -> list[str]:
         """Ids of the tasks of ``batch`` this scheduler holds leases for."""
         with self._lock:

@@ -28,6 +28,7 @@ from aiosd.daemon.services.context import CallContext
 from aiosd.daemon.services.tasks.leases import TaskLeases
 from aiosd.daemon.services.tasks.store import STORED_COUNTS, TaskStore, batch_task_id, task_doc
 from aiosd.daemon.store import Doc
+from aiosd.sdk.process import metrics
 from aiosd.sdk.process.logs import get_logger
 from aiosd.sdk.protocol import utcnow
 from aiosd.sdk.tasks import (
@@ -64,6 +65,7 @@ class TaskService:
 
     def __init__(self, store: TaskStore, leases: TaskLeases, policies: PolicyLookup, publish: PublishTask) -> None:
         self._store = store
+        self.leases = leases
         self._leases = leases
         self._policies = policies
         self._publish = publish
@@ -238,8 +240,7 @@ class TaskService:
         if started is None:  # someone else moved it meanwhile: look again
             return TaskStart(action="wait", reason="the task changed meanwhile", retry_after=0.1)
         self._leases.grant(started, runner, token)
-        if state == QUEUED:
-            self._moved(started, QUEUED, RUNNING)
+        self._moved(started, state if state == QUEUED else RUNNING, RUNNING)
         log.info("task_started", task=doc["_id"], runner=runner, attempt=started["attempts"])
         return TaskStart(
             action="run",
@@ -297,8 +298,9 @@ class TaskService:
     # -- helpers -------------------------------------------------------------------
 
     def _moved(self, task: Doc, old: str, new: str, usage: Doc | None = None) -> None:
+        metrics.TASKS.labels(new).inc()
         batch = task.get("batch")
-        if batch:
+        if batch and old != new:  # a takeover stays running
             self._store.count(batch, {old: -1, new: 1}, usage)
 
     def _batch_full(self, batch: Doc) -> bool:
@@ -334,6 +336,11 @@ class TaskService:
         if doc is None:
             raise NotFound(f"no batch {batch_id!r}")
         return doc
+
+    def batch_gauges(self) -> None:
+        """Refresh the batches-by-state gauges (a periodic job: the counts come from the database)."""
+        for state, n in self._store.batch_states().items():
+            metrics.BATCHES.labels(state).set(n)
 
     def recount_batches(self) -> int:
         """At start, before serving: recount the unfinished batches from their tasks."""

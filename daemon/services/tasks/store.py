@@ -180,6 +180,12 @@ class TaskStore:
             if any(moves.get(state, 0) > 0 for state in FINAL):
                 self.finish_if_done(batch_id)
 
+    def batch_states(self) -> dict[str, int]:
+        """Batches by stored state (for metrics; one count per state of a small collection)."""
+        return {
+            s: self.batches.count_documents({"state": s}) for s in ("submitting", "running", "finished", "cancelled")
+        }
+
     def set_state(self, batch_id: str, state: str) -> None:
         """Mark a batch ``cancelled`` (or back to ``running``, for a retry)."""
         with self.lock:
