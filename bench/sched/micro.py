@@ -86,12 +86,12 @@ def _records(calls: int, seed: int = 7) -> list[dict[str, Any]]:
 def _build(policy: str, routing: str) -> tuple[LeaseBook, Dispatcher, Fleet, Records]:
     live = Records()
     ordering = make_ordering(policy, 64)
-    try:
-        book = LeaseBook(live, ordering.key, charge=ordering.charge)  # type: ignore[arg-type]
+    if hasattr(ordering, "charge"):
         from aiosd.daemon.leasing.routing import make_router
 
+        book = LeaseBook(live, ordering.key, charge=ordering.charge)  # type: ignore[arg-type]
         router: Any = make_router(routing, 1)
-    except (TypeError, ImportError):  # a tree from before scheduling hooks and cache-aware routing
+    else:  # a tree from before the scheduling hooks and cache-aware routing
         from aiosd.daemon.leasing.routing import Router
 
         book, router = LeaseBook(live, ordering.key), Router(1)  # type: ignore[arg-type]

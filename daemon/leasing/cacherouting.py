@@ -18,7 +18,10 @@ in this order:
 2. among them, the longest cached prefix wins;
 3. then the worker that last served the call's program or session (so a
    program stays on its worker while that is reasonable);
-4. then the least loaded.
+4. then the least loaded;
+5. then the one whose picture holds the fewest blocks, so that, even on an
+   idle fleet, new prefixes spread over the workers instead of evicting each
+   other on one.
 
 Tool calls have no prompt: they go to the least loaded tool runner (by
 fraction of capacity, as the ``affinity`` router of :mod:`.routing` does).
@@ -30,14 +33,14 @@ from collections import OrderedDict
 
 from aiosd.daemon.leasing.attained import ProgramKey, program_of
 from aiosd.daemon.leasing.fleet import Member, able_workers
-from aiosd.daemon.leasing.prefixes import BLOCK_CHARS, Shape
+from aiosd.daemon.leasing.prefixes import BLOCK_BYTES, Shape
 from aiosd.daemon.leasing.tuning import CHARS_PER_TOKEN, Tuning
 from aiosd.daemon.store import Doc
 
 #: Programs and sessions whose last worker is remembered.
 MAX_REMEMBERED = 10_000
 #: Tokens per named block.
-BLOCK_TOKENS = BLOCK_CHARS // CHARS_PER_TOKEN
+BLOCK_TOKENS = BLOCK_BYTES // CHARS_PER_TOKEN
 
 
 class Picture:
@@ -83,6 +86,8 @@ class CacheRouter:
         self._last: OrderedDict[ProgramKey, str] = OrderedDict()
         self._members: dict[str, Member] | None = None
         self._loads: dict[str, float] = {}
+        #: The cached blocks per worker found for the last call chosen, reused when it is served.
+        self._matched: tuple[object, dict[str, int]] = (None, {})
 
     def begin(self, members: dict[str, Member]) -> None:
         """Start a dispatch round over ``members``: their loads, and forget what is gone."""
@@ -115,16 +120,20 @@ class CacheRouter:
         floor = min(loads.get(wid, 0.0) for wid in able)
         fair = [wid for wid in able if loads.get(wid, 0.0) <= floor + self._tuning.route_balance_tokens]
         names = _names(record)
+        matched = {wid: self._match(wid, names) for wid in fair}
+        self._matched = (record.get("_id"), matched)
         program = program_of(record)
         last = self._last.get(program) if program is not None else None
-        return max(fair, key=lambda wid: (self._match(wid, names), wid == last, -loads.get(wid, 0.0), wid))
+        return max(fair, key=lambda wid: (matched[wid], wid == last, -loads.get(wid, 0.0), -self._held(wid), wid))
 
     def served(self, record: Doc, worker: str) -> None:
         """``record`` was leased to ``worker``: count its load there and add its prefix to the picture."""
         names = _names(record)
         shape = record.get("shape")
         if isinstance(shape, Shape) and record.get("lease"):
-            cached = min(self._match(worker, names) * BLOCK_TOKENS, shape.prompt_tokens)
+            key, matched = self._matched
+            blocks = matched[worker] if key == record.get("_id") and worker in matched else self._match(worker, names)
+            cached = min(blocks * BLOCK_TOKENS, shape.prompt_tokens)
             cost = self._tuning.estimate(shape.prompt_tokens - cached, shape.max_tokens)
             self._outstanding[record["lease"]["id"]] = cost
             self._loads[worker] = self._loads.get(worker, 0.0) + cost
@@ -140,6 +149,10 @@ class CacheRouter:
             while len(self._last) > MAX_REMEMBERED:
                 self._last.popitem(last=False)
 
+    def _held(self, worker: str) -> int:
+        picture = self.pictures.get(worker)
+        return len(picture) if picture is not None else 0
+
     def _match(self, worker: str, names: memoryview) -> int:
         picture = self.pictures.get(worker)
         return picture.match(names) if picture is not None and len(names) else 0
@@ -147,4 +160,4 @@ class CacheRouter:
 
 def _names(record: Doc) -> memoryview:
     shape = record.get("shape")
-    return shape.names() if isinstance(shape, Shape) else memoryview(b"").cast("q")
+    return shape.names() if isinstance(shape, Shape) else memoryview(b"").cast("I")

@@ -8,13 +8,13 @@ import pytest
 
 from aiosd.daemon.leasing.cacherouting import BLOCK_TOKENS, CacheRouter, Picture
 from aiosd.daemon.leasing.fleet import Member
-from aiosd.daemon.leasing.prefixes import BLOCK_CHARS, MAX_BLOCKS, shape_of
+from aiosd.daemon.leasing.prefixes import BLOCK_BYTES, MAX_BLOCKS, shape_of
 from aiosd.daemon.leasing.routing import Router, make_router
 from aiosd.daemon.leasing.tuning import Tuning
 from aiosd.sdk.cluster import WorkerState
 
-SYSTEM_A = "You are agent A. " * 200  # ~3,400 characters: six blocks
-SYSTEM_B = "You are agent B. " * 200
+SYSTEM_A = "You are agent A. " * 400  # 6,800 characters: six blocks
+SYSTEM_B = "You are agent B. " * 400
 TUNING = Tuning(prefill_weight=0.1, route_balance_tokens=1000.0, route_cache_tokens=100_000)
 
 
@@ -113,9 +113,9 @@ def test_a_program_stays_on_its_worker_when_no_prefix_decides() -> None:
 def test_pictures_evict_the_least_recently_used_and_keep_shared_prefixes_longest() -> None:
     picture = Picture(capacity_blocks=10)
     shared = shape_of([{"role": "system", "content": SYSTEM_A}])  # 6 blocks
-    extended = shape_of([{"role": "system", "content": SYSTEM_A}, {"role": "user", "content": "z" * 2048}])
+    extended = shape_of([{"role": "system", "content": SYSTEM_A}, {"role": "user", "content": "z" * 4096}])
     picture.add(extended.names())  # the shared 6 and 4 of its own: full
-    picture.add(shape_of([{"role": "user", "content": "y" * 1024}]).names())  # 2 more: 2 must go
+    picture.add(shape_of([{"role": "user", "content": "y" * 2048}]).names())  # 2 more: 2 must go
     # The leaves went first: the shared prefix is intact, the extension lost its tail.
     assert picture.match(shared.names()) == 6
     assert picture.match(extended.names()) == 8
@@ -158,10 +158,10 @@ def test_prefix_blocks_are_chained_bounded_and_prefix_stable() -> None:
     base = [{"role": "system", "content": SYSTEM_A}]
     one = shape_of(base)
     two = shape_of([*base, {"role": "user", "content": "q" * 1000}])
-    assert len(one.names()) == (len(SYSTEM_A) + 8) // BLOCK_CHARS  # only full blocks are named
+    assert len(one.names()) == (len(SYSTEM_A) + 8) // BLOCK_BYTES  # only full blocks are named
     assert list(two.names())[: len(one.names())] == list(one.names())
     assert shape_of([{"role": "user", "content": SYSTEM_A}]).names()[0] != one.names()[0]  # the role counts
-    assert len(shape_of([{"role": "user", "content": "w" * BLOCK_CHARS * (MAX_BLOCKS + 50)}]).names()) == MAX_BLOCKS
+    assert len(shape_of([{"role": "user", "content": "w" * BLOCK_BYTES * (MAX_BLOCKS + 50)}]).names()) == MAX_BLOCKS
     assert one.prompt_tokens == (len(SYSTEM_A) + len("system") + 2) // 4
 
 
