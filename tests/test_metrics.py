@@ -124,8 +124,8 @@ def test_every_process_serves_metrics_that_move(metered: dict[str, Any]) -> None
     )
     assert moved >= 6  # five from alice, one from the echo program
     assert value(sched_a, "aiosd_syscalls_total", syscall="memory.get", outcome="error") >= 1
-    assert value(sched_a, "aiosd_syscall_duration_seconds_count", kind="memory") >= 6
-    assert value(sched_a, "aiosd_syscall_duration_seconds_count", kind="llm") >= 1
+    assert value(sched_a, "aiosd_syscall_duration_seconds_count", family="memory") >= 6
+    assert value(sched_a, "aiosd_syscall_duration_seconds_count", family="llm") >= 1
     assert value(sched_a, "aiosd_tokens_total", type="prompt") > value(sched_b, "aiosd_tokens_total", type="prompt")
     assert value(sched_a, "aiosd_task_transitions_total", state="succeeded") >= 1
     assert value(sched_a, "aiosd_audit_records") > value(sched_b, "aiosd_audit_records")

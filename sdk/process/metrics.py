@@ -28,11 +28,11 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 
 SYSCALLS = Counter("aiosd_syscalls_total", "Syscalls answered, by syscall and outcome.", ["syscall", "outcome"])
 QUEUE_SECONDS = Histogram(
-    "aiosd_syscall_queue_seconds", "Time a syscall waited before its work started.", ["kind"], buckets=LATENCY_BUCKETS
+    "aiosd_syscall_queue_seconds", "Time a syscall waited before its work started.", ["family"], buckets=LATENCY_BUCKETS
 )
-RUN_SECONDS = Histogram("aiosd_syscall_run_seconds", "Time a syscall's work took.", ["kind"], buckets=LATENCY_BUCKETS)
+RUN_SECONDS = Histogram("aiosd_syscall_run_seconds", "Time a syscall's work took.", ["family"], buckets=LATENCY_BUCKETS)
 TOTAL_SECONDS = Histogram(
-    "aiosd_syscall_duration_seconds", "Time from receipt to reply (queue + run).", ["kind"], buckets=LATENCY_BUCKETS
+    "aiosd_syscall_duration_seconds", "Time from receipt to reply (queue + run).", ["family"], buckets=LATENCY_BUCKETS
 )
 BACKLOG = Gauge("aiosd_backlog_calls", "Leased-kind calls queued in the scheduler, waiting for a worker.")
 LEASES = Gauge("aiosd_leases_held", "Calls leased to workers and not settled yet.")
@@ -61,18 +61,18 @@ RUNNER_TASKS = Counter("aiosd_runner_tasks_total", "Tasks this runner ended, by 
 RUNNER_SYSCALLS = Counter("aiosd_runner_syscalls_total", "Syscalls programs made through this runner.")
 
 
-def kind_of(syscall: str) -> str:
-    """The latency label of a syscall: its family (``memory``, ``llm``, ``task``, ...)."""
+def family_of(syscall: str) -> str:
+    """The latency label of a syscall: its namespace (``memory``, ``llm``, ``task``, ...)."""
     return syscall.split(".", 1)[0] if syscall else "unknown"
 
 
 def observe_reply(syscall: str, outcome: str, queue_ms: float, run_ms: float) -> None:
     """Count one answered syscall and its latencies."""
     SYSCALLS.labels(syscall or "unknown", outcome).inc()
-    kind = kind_of(syscall)
-    QUEUE_SECONDS.labels(kind).observe(queue_ms / 1000.0)
-    RUN_SECONDS.labels(kind).observe(run_ms / 1000.0)
-    TOTAL_SECONDS.labels(kind).observe((queue_ms + run_ms) / 1000.0)
+    family = family_of(syscall)
+    QUEUE_SECONDS.labels(family).observe(queue_ms / 1000.0)
+    RUN_SECONDS.labels(family).observe(run_ms / 1000.0)
+    TOTAL_SECONDS.labels(family).observe((queue_ms + run_ms) / 1000.0)
 
 
 def gauge_from(gauge: Gauge, read: Callable[[], float]) -> None:
