@@ -214,11 +214,11 @@ class TaskService:
             if held is not None and held.live():
                 wait = max(held.expires - time.monotonic(), 0.1)
                 return TaskStart(action="wait", reason="another runner holds the task's lease", retry_after=wait)
-        batch = self._store.batch(doc["batch"]) if state == QUEUED and doc.get("batch") else None
-        if batch is not None and batch.get("state") == "cancelled":
+        batch = self._store.start_settings(doc["batch"]) if state == QUEUED and doc.get("batch") else None
+        if batch is not None and batch[0] == "cancelled":
             self.cancel_task(doc)
             return TaskStart(action="skip", reason="the task's batch was cancelled")
-        if batch is not None and self._batch_full(batch):
+        if batch is not None and batch[1] is not None and self._leases.running_in(doc["batch"]) >= batch[1]:
             return TaskStart(action="wait", reason="the batch runs its max_concurrent tasks", retry_after=WAIT_SECONDS)
         return self._grant(ctx.agent, doc)
 
@@ -302,10 +302,6 @@ class TaskService:
         batch = task.get("batch")
         if batch and old != new:  # a takeover stays running
             self._store.count(batch, {old: -1, new: 1}, usage)
-
-    def _batch_full(self, batch: Doc) -> bool:
-        limit = batch.get("max_concurrent")
-        return isinstance(limit, int) and limit > 0 and self._leases.running_in(batch["_id"]) >= limit
 
     def _runner(self, agent: str) -> None:
         standing = self._policies.standing(agent)

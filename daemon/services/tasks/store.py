@@ -67,6 +67,10 @@ class TaskStore:
         self.runners: Collection[Doc] = db[RUNNERS_COLLECTION]
         #: Serializes this process's writes of task and batch documents (see the module docstring).
         self.lock = threading.RLock()
+        #: Totals of batches whose submission is complete (they never change again).
+        self._final_totals: dict[str, int] = {}
+        #: What ``task.start`` needs of a batch (state, max_concurrent); only this process changes the state.
+        self._settings: dict[str, tuple[str, int | None]] = {}
 
     # -- tasks -------------------------------------------------------------------
 
@@ -176,9 +180,43 @@ class TaskStore:
         if not inc:
             return
         with self.lock:
-            self.batches.update_one({"_id": batch_id}, {"$inc": inc})
-            if any(moves.get(state, 0) > 0 for state in FINAL):
-                self.finish_if_done(batch_id)
+            after = self.batches.find_one_and_update(
+                {"_id": batch_id}, {"$inc": inc}, return_document=ReturnDocument.AFTER
+            )
+            if after is not None and any(moves.get(state, 0) > 0 for state in FINAL):
+                self._finish_when_done(after)
+
+    def _finish_when_done(self, doc: Doc) -> None:
+        """Mark the batch finished if every submitted task ended (reads the total once it is final)."""
+        counts = doc.get("counts") or {}
+        if doc.get("state") in ("finished", "cancelled") or counts.get("running"):
+            return
+        total = self._final_totals.get(doc["_id"])
+        if total is None:
+            totals = self.totals.find_one({"_id": doc["_id"]}) or {}
+            if not totals.get("submitted"):
+                return  # still being submitted: more tasks may come
+            if len(self._final_totals) > 10_000:
+                self._final_totals.clear()
+            total = self._final_totals[doc["_id"]] = int(totals.get("total") or 0)
+        if sum(int(counts.get(s, 0)) for s in FINAL) >= total:
+            self.batches.update_one(
+                {"_id": doc["_id"], "state": doc.get("state")}, {"$set": {"state": "finished", "finished_at": utcnow()}}
+            )
+            self._settings.pop(doc["_id"], None)
+
+    def start_settings(self, batch_id: str) -> tuple[str, int | None] | None:
+        """A batch's stored state and ``max_concurrent`` (cached: only this process changes them)."""
+        found = self._settings.get(batch_id)
+        if found is None:
+            doc = self.batches.find_one({"_id": batch_id}, {"state": 1, "max_concurrent": 1})
+            if doc is None:
+                return None
+            if len(self._settings) > 10_000:
+                self._settings.clear()
+            limit = doc.get("max_concurrent")
+            found = self._settings[batch_id] = (str(doc.get("state")), limit if isinstance(limit, int) else None)
+        return found
 
     def batch_states(self) -> dict[str, int]:
         """Batches by stored state (for metrics; one count per state of a small collection)."""
@@ -190,6 +228,7 @@ class TaskStore:
         """Mark a batch ``cancelled`` (or back to ``running``, for a retry)."""
         with self.lock:
             self.batches.update_one({"_id": batch_id}, {"$set": {"state": state, "finished_at": None}})
+            self._settings.pop(batch_id, None)
 
     def finish_if_done(self, batch_id: str) -> None:
         """Mark a fully submitted batch finished once no task is queued or running."""
