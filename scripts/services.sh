@@ -176,9 +176,17 @@ install_ferretdb() {
     ferretdb_ok || die "$FERRETDB does not run; remove it and retry"
 }
 
+# The headless browser tests/test_web.py drives the web console with (selenium talks to chromedriver).
+BROWSER=/usr/bin/chromium
+BROWSER_DRIVER=/usr/bin/chromedriver
+install_browser() {
+    [[ -x $BROWSER && -x $BROWSER_DRIVER ]] || apt_install chromium chromium-driver
+}
+
 cmd_install() {
     [[ -x $RMQ_SBIN/rabbitmq-server ]] || apt_install rabbitmq-server
     command -v systemd-analyze >/dev/null || apt_install systemd
+    install_browser
     install_ferretdb
 }
 
@@ -336,8 +344,9 @@ cmd_status() {
 
 case ${1:-} in
     install) cmd_install ;;
+    browser) install_browser ;;
     start) cmd_start ;;
     stop) cmd_stop ;;
     status) cmd_status ;;
-    *) echo "usage: $0 install|start|stop|status" >&2; exit 2 ;;
+    *) echo "usage: $0 install|start|stop|status|browser" >&2; exit 2 ;;
 esac

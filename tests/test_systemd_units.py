@@ -23,6 +23,7 @@ UNITS = (
     "aiosd-worker@.service",
     "aiosd-tools.service",
     "aiosd-runner.service",
+    "aiosd-web.service",
     "aiosd.target",
 )
 INSTALLED_BINARY = "/opt/aiosd/bin/aiosd"

@@ -124,8 +124,10 @@ _register_worker()
 def _register_admin() -> None:
     from aiosd.daemon.admin.agents import agents
     from aiosd.daemon.admin.operator import approvals, approve, audit, deny
+    from aiosd.daemon.admin.status import status
+    from aiosd.daemon.admin.web.cli import web
 
-    for command in (agents, approvals, approve, deny, audit):
+    for command in (agents, approvals, approve, deny, audit, status, web):
         main.add_command(command)
 
 

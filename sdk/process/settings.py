@@ -163,6 +163,18 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto", description="auto: console on a TTY, JSON lines otherwise."
     )
+    # -- web console (aiosd web) --
+    web_host: str = Field(default="127.0.0.1", description="Address the web console binds to.")
+    web_port: int = Field(default=9720, ge=0, le=65535, description="Port of the web console (0: any free port).")
+    web_user: str = Field(default="operator", min_length=1, description="The web console operator's login name.")
+    web_password: SecretStr | None = Field(
+        default=None, description="The web console operator's password; `aiosd web` refuses to start without one."
+    )
+    web_session_key: SecretStr | None = Field(
+        default=None,
+        description="Key signing the web console's session cookies (give every console behind one address the"
+        " same); unset: a random key per process, so logins end when it restarts.",
+    )
 
     @classmethod
     def settings_customise_sources(
