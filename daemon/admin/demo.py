@@ -10,6 +10,8 @@ it started at the end.
 from __future__ import annotations
 
 import os
+import secrets
+import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +38,7 @@ from aiosd.daemon.store import Store
 from aiosd.daemon.transport.broker import declare_task_queue
 from aiosd.sdk import CallError, Client
 from aiosd.sdk.errors import EXIT_FAILURE, EXIT_OK, ServiceUnavailable
+from aiosd.sdk.process.metrics import DEFAULT_PORTS
 from aiosd.sdk.process.settings import Settings
 from aiosd.sdk.protocol import INGRESS_QUEUE, utcnow
 from aiosd.sdk.tasks import TASK_QUEUE
@@ -78,6 +81,7 @@ def run_demo(settings: Settings, agents: int) -> int:
             children.append(("scheduler", _start("scheduler", "scheduler_ready", settings)))
         if not _worker_is_serving(settings):
             children.append(("worker", _start("worker", "worker_ready", settings)))
+        _console(settings, children)
         kinds = [list(TOPICS)[i % len(TOPICS)] for i in range(agents)]
         urls = _identities(settings, [f"demo-{kind}-{i}" for i, kind in enumerate(kinds)])
         console.print(
@@ -219,6 +223,29 @@ def _scheduler_is_serving(settings: Settings) -> bool:
             conn.close()
 
 
+def _console(settings: Settings, children: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
+    """Start a web console for the demo (unless one answers already) and say where it and the metrics are."""
+    port = settings.web_port or 9720
+    if not _listening(settings.web_host, port):
+        password = secrets.token_urlsafe(12)
+        children.append(("web console", _start("web", "web_ready", settings, AIOSD_WEB_PASSWORD=password)))
+        console.print(
+            f"web console: http://{settings.web_host}:{port}/ (login {settings.web_user} / {password}),"
+            " live while the demo runs"
+        )
+    else:
+        console.print(f"web console: http://{settings.web_host}:{port}/ (already running)")
+    if settings.metrics_port != 0:
+        shown = ", ".join(f"{kind} :{port}" for kind, port in DEFAULT_PORTS.items())
+        console.print(f"Prometheus metrics: http://{settings.metrics_host}:<port>/metrics ({shown})")
+
+
+def _listening(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
 def _runner_is_serving(settings: Settings) -> bool:
     """Whether a task runner consumes the task queue."""
     conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
@@ -240,7 +267,7 @@ def _worker_is_serving(settings: Settings) -> bool:
         store.close()
 
 
-def _start(command: str, ready_event: str, settings: Settings) -> subprocess.Popen[bytes]:
+def _start(command: str, ready_event: str, settings: Settings, **extra: str) -> subprocess.Popen[bytes]:
     log = Path(gettempdir()) / f"aiosd-demo-{command}.log"
     console.print(f"starting a {command} (log: {log})")
     out = log.open("wb")
@@ -251,6 +278,7 @@ def _start(command: str, ready_event: str, settings: Settings) -> subprocess.Pop
         "AIOSD_AMQP_URL": settings.amqp_url,
         "AIOSD_MONGO_URL": settings.mongo_url,
         "AIOSD_MONGO_DB": settings.mongo_db,
+        **extra,
     }
     proc = subprocess.Popen(argv, stdout=out, stderr=out, env=env)
     deadline = time.monotonic() + 180
