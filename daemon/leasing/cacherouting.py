@@ -8,13 +8,14 @@ KV cache). A prompt's blocks are touched deepest first, so a shared prefix
 before their parents in SGLang's radix cache. The picture is approximate:
 the router cannot see evictions caused by work it did not send.
 
-Each call goes to one of the workers with room (right kind and model), chosen
-in this order:
+Each call goes to one of the workers of its kind and model, chosen in this
+order:
 
 1. only workers whose *load* — the service (:mod:`.tuning`) still outstanding
    on the calls they hold, estimated when each was leased from its uncached
-   prompt and expected output — exceeds the least loaded worker's by at most
-   ``route_balance_tokens`` compete; the least loaded always does;
+   prompt and expected output — exceeds that of the least loaded worker with
+   a free slot by at most ``route_balance_tokens`` compete; that one always
+   does;
 2. among them, the longest cached prefix wins;
 3. then the worker that last served the call's program or session (so a
    program stays on its worker while that is reasonable);
@@ -23,6 +24,12 @@ in this order:
    idle fleet, new prefixes spread over the workers instead of evicting each
    other on one.
 
+Full workers compete as well: when the winner is full and the prefix cached
+there costs more to recompute (``prefill_weight`` per token) than the call's
+own expected output, the call waits in the queue (keeping its place) for a
+slot there; otherwise — a short prefix, a winner by program or load alone —
+it goes to the best worker with room.
+
 Tool calls have no prompt: they go to the least loaded tool runner (by
 fraction of capacity, as the ``affinity`` router of :mod:`.routing` does).
 """
@@ -30,11 +37,12 @@ fraction of capacity, as the ``affinity`` router of :mod:`.routing` does).
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 from aiosd.daemon.leasing.attained import ProgramKey, program_of
 from aiosd.daemon.leasing.fleet import Member, able_workers
 from aiosd.daemon.leasing.prefixes import BLOCK_BYTES, Shape
-from aiosd.daemon.leasing.tuning import CHARS_PER_TOKEN, Tuning
+from aiosd.daemon.leasing.tuning import CHARS_PER_TOKEN, Tuning, expected_output
 from aiosd.daemon.store import Doc
 
 #: Programs and sessions whose last worker is remembered.
@@ -106,25 +114,46 @@ class CacheRouter:
         self._members = members
 
     def choose(self, record: Doc, members: dict[str, Member]) -> str | None:
-        """The worker to lease ``record`` to, or ``None`` if none can take it."""
+        """The worker to lease ``record`` to now, or ``None``: none can take it, or it waits for its worker."""
         able = able_workers(record, members)
         if not able:
             return None
-        if len(able) == 1:
-            return next(iter(able))
         if record.get("kind", "llm") != "llm":
             return min(able, key=lambda wid: (able[wid].load, -able[wid].free, wid))
         if members is not self._members:
             self.begin(members)
-        loads = self._loads
-        floor = min(loads.get(wid, 0.0) for wid in able)
-        fair = [wid for wid in able if loads.get(wid, 0.0) <= floor + self._tuning.route_balance_tokens]
+        contenders = self._contenders(record, members, able)
+        rank = self._ranking(record, contenders)
+        best = max(contenders, key=rank)
+        if best in able:
+            return best
+        if self._worth_waiting(record, self._matched[1][best]):
+            return None  # its worker is full, not overloaded: the call keeps its place until a slot frees
+        return max((wid for wid in contenders if wid in able), key=rank)
+
+    def _contenders(self, record: Doc, members: dict[str, Member], able: dict[str, Member]) -> list[str]:
+        """Workers loaded at most the threshold above the least loaded one with room (full ones included)."""
+        limit = min(self._loads.get(wid, 0.0) for wid in able) + self._tuning.route_balance_tokens
+        serving = able_workers(record, members, with_room=False)
+        return [wid for wid in serving if self._loads.get(wid, 0.0) <= limit]
+
+    def _ranking(self, record: Doc, contenders: list[str]) -> Callable[[str], tuple[int, bool, float, int, str]]:
+        """Longest cached prefix, then the program's last worker, then least loaded, then fewest blocks held."""
         names = _names(record)
-        matched = {wid: self._match(wid, names) for wid in fair}
+        matched = {wid: self._match(wid, names) for wid in contenders}
         self._matched = (record.get("_id"), matched)
         program = program_of(record)
         last = self._last.get(program) if program is not None else None
-        return max(fair, key=lambda wid: (matched[wid], wid == last, -loads.get(wid, 0.0), -self._held(wid), wid))
+        loads = self._loads
+        return lambda wid: (matched[wid], wid == last, -loads.get(wid, 0.0), -self._held(wid), wid)
+
+    def _worth_waiting(self, record: Doc, blocks: int) -> bool:
+        """Whether the prefix cached on a full worker costs more to recompute than the call's own output."""
+        shape = record.get("shape")
+        if not isinstance(shape, Shape) or not blocks:
+            return False
+        saved = self._tuning.prefill_weight * min(blocks * BLOCK_TOKENS, shape.prompt_tokens)
+        return saved >= expected_output(shape.max_tokens)
 
     def served(self, record: Doc, worker: str) -> None:
         """``record`` was leased to ``worker``: count its load there and add its prefix to the picture."""

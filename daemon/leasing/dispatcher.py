@@ -113,7 +113,7 @@ class Dispatcher:
             if capped is not None and not capped.admits(entry["agent"]):
                 continue  # the agent holds its max_concurrent_llm: its calls wait, others go
             worker = self._router.choose(entry, members)
-            if worker is None:
+            if worker is None:  # no worker can take it, or the router holds it for its (busy) worker
                 self._unservable(entry, members)
                 continue
             if self._grant(entry, worker, members[worker]):

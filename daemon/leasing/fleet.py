@@ -41,14 +41,17 @@ class Member:
         return len(self.leases) / self.state.capacity
 
 
-def able_workers(record: Doc, members: dict[str, Member]) -> dict[str, Member]:
-    """The members that could take ``record`` now: room, the right kind (LLM or tools) and model."""
+def able_workers(record: Doc, members: dict[str, Member], with_room: bool = True) -> dict[str, Member]:
+    """The members that could take ``record``: the right kind (LLM or tools) and model, healthy, not draining,
+    and (``with_room``) with a free slot now."""
     kind = served_by(record["syscall"])
     model = (record.get("args") or {}).get("model") if kind == "llm" else None
     return {
         wid: m
         for wid, m in members.items()
-        if m.free > 0 and m.state.kind == kind and (not model or m.state.model == model)
+        if (m.free > 0 if with_room else m.state.healthy and not m.state.draining)
+        and m.state.kind == kind
+        and (not model or m.state.model == model)
     }
 
 

@@ -137,16 +137,42 @@ def test_an_evicted_prefix_no_longer_attracts_calls() -> None:
     assert router.pictures[home].match(_call("a3", SYSTEM_A).get("shape").names()) == 0  # type: ignore[union-attr]
 
 
-def test_only_able_workers_are_chosen_and_gone_workers_are_forgotten() -> None:
+def test_a_call_waits_for_its_full_worker_unless_that_worker_is_overloaded() -> None:
     router, members = CacheRouter(TUNING), _members("w1", "w2")
     home = _lease(router, _call("a1", SYSTEM_A, "t"), members)
-    members[home] = Member(
+    other = next(w for w in members if w != home)
+    full = Member(
         WorkerState(worker_id=home, host="h", backend="b", model="m", capacity=1, leases=["busy"]),
         last_seen=0.0,
         leases={"busy"},
     )
+    members[home] = full
     router.begin(members)
-    assert router.choose(_call("a2", SYSTEM_A, "t"), members) != home  # full
+    # Full, but only one call's worth busier than the idle worker: the call keeps its place in the queue.
+    assert router.choose(_call("a2", SYSTEM_A, "t"), members) is None
+    # A call with no prefix anywhere does not wait: it goes where there is room; nor does one whose
+    # cached prefix costs less to recompute than its own answer.
+    assert router.choose(_call("n1", "no shared prefix " * 100), members) == other
+    assert router.choose(_call("a2", SYSTEM_A, "t", max_tokens=1000), members) == other
+    # Beyond the threshold the prefix gives way to balance.
+    strict = CacheRouter(Tuning(route_balance_tokens=10.0, route_cache_tokens=100_000))
+    strict.pictures = router.pictures
+    strict.begin(members)
+    assert strict.choose(_call("a3", SYSTEM_A, "t"), members) == other
+
+
+def test_only_workers_of_the_kind_and_model_are_chosen_and_gone_workers_are_forgotten() -> None:
+    router, members = CacheRouter(TUNING), _members("w1", "w2")
+    home = _lease(router, _call("a1", SYSTEM_A, "t"), members)
+    sick = Member(
+        WorkerState(worker_id=home, host="h", backend="b", model="m", capacity=8, healthy=False), last_seen=0.0
+    )
+    members[home] = sick
+    router.begin(members)
+    assert router.choose(_call("a2", SYSTEM_A, "t"), members) != home  # unhealthy: never waited for
+    call = _call("m", SYSTEM_A, "t")
+    call["args"]["model"] = "other"
+    assert router.choose(call, members) is None
     del members[home]
     router.begin(members)
     assert home not in router.pictures
