@@ -125,7 +125,7 @@ class LeaseBook:
         """
         hint = hint_of(record)
         entry = _entry(record, hint)
-        if entry["kind"] == "llm":  # outside the lock: hashing a long prompt takes tens of microseconds
+        if entry["kind"] == "llm":  # outside the lock: naming a long prompt's prefix blocks takes ~10 µs
             args = record.get("args") or {}
             entry["shape"] = shape_of(
                 prompt if prompt is not None else args.get("messages") or [], args.get("max_tokens")
