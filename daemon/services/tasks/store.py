@@ -52,11 +52,6 @@ def batch_task_id(batch: str, line: int) -> str:
     return f"{batch}.{line:0{LINE_DIGITS}d}"
 
 
-def empty_counts() -> dict[str, int]:
-    """Zero tasks in every state."""
-    return {state.value: 0 for state in TaskState}
-
-
 class TaskStore:
     """Reads and writes ``tasks`` and ``batches``."""
 
@@ -230,13 +225,6 @@ class TaskStore:
             self.batches.update_one({"_id": batch_id}, {"$set": {"state": state, "finished_at": None}})
             self._settings.pop(batch_id, None)
 
-    def finish_if_done(self, batch_id: str) -> None:
-        """Mark a fully submitted batch finished once no task is queued or running."""
-        with self.lock:
-            doc = self.batch(batch_id)
-            if doc is not None and doc["state"] == "finished" and doc.get("finished_at") is None:
-                self.batches.update_one({"_id": batch_id}, {"$set": {"state": "finished", "finished_at": utcnow()}})
-
     def batch_tasks(self, doc: Doc, after: int = 0, fields: Doc | None = None) -> Iterator[list[Doc]]:
         """A batch's tasks page by page, in line order, from line ``after + 1`` (memory stays flat)."""
         total = int(doc.get("total") or 0)
@@ -252,8 +240,11 @@ class TaskStore:
                 if task["state"] in counts:
                     counts[task["state"]] += 1
         with self.lock:
-            self.batches.update_one({"_id": doc["_id"]}, {"$set": {"counts": counts}})
-            self.finish_if_done(doc["_id"])
+            stored = self.batches.find_one_and_update(
+                {"_id": doc["_id"]}, {"$set": {"counts": counts}}, return_document=ReturnDocument.AFTER
+            )
+            if stored is not None:
+                self._finish_when_done(stored)
         return counts
 
 
