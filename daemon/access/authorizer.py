@@ -11,14 +11,16 @@ but does not dead-letter: the message was well-formed.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
 
 from aiosd.daemon.access.counters import Counters, Window, period_amounts, period_window, rate_window
-from aiosd.daemon.access.directory import Directory, Standing
+from aiosd.daemon.access.directory import REVISION_GRACE, Directory, Standing
 from aiosd.daemon.access.policy import Policy, resource_of
 from aiosd.daemon.errors import DaemonError
 from aiosd.daemon.store import Doc
@@ -29,21 +31,48 @@ from aiosd.sdk.syscalls import served_by
 class PolicyLookup:
     """Agents' standings, cached until the directory's revision moves.
 
-    :meth:`refresh` (one read by ``_id``) is called before each batch of
-    syscalls is admitted, so an operator's change applies to the next batch.
+    :meth:`refresh` is called before each batch of syscalls is admitted, so an
+    operator's change applies to the next syscall. It reads the revision (one
+    read by ``_id``) unless a read that started less than
+    :data:`~aiosd.daemon.access.directory.REVISION_GRACE` ago serves (a read
+    still under way is waited for): writers wait that long after each change.
     """
 
-    def __init__(self, directory: Directory, trusted: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        directory: Directory,
+        trusted: frozenset[str] = frozenset(),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._dir = directory
         self._trusted = trusted
+        self._clock = clock
         self._unrestricted = Standing(Policy.unrestricted())
         self._cache: dict[str, Standing | None] = {}
         self._revision: int | None = None
         self._lock = threading.Lock()
+        #: The latest read of the revision: when it started and its outcome (pending while it runs).
+        self._read: tuple[float, Future[int]] | None = None
 
     def refresh(self) -> None:
         """Drop every cached standing if the directory changed since the last refresh."""
-        revision = self._dir.revision()
+        now = self._clock()
+        with self._lock:
+            shared = self._read is not None and now - self._read[0] < REVISION_GRACE
+            if shared and self._read is not None:
+                read = self._read[1]
+            else:
+                read = Future()
+                self._read = (now, read)
+        if not shared:
+            try:
+                read.set_result(self._dir.revision())
+            except BaseException as exc:
+                read.set_exception(exc)
+                with self._lock:
+                    if self._read is not None and self._read[1] is read:
+                        self._read = None  # a failed read serves nobody after this batch
+        revision = read.result()
         with self._lock:
             if revision != self._revision:
                 self._cache.clear()
@@ -224,8 +253,8 @@ class PolicyAuthorizer:
     def authorize_many(self, asks: list[Ask]) -> list[Admission | Refused]:
         """Decide a batch: the checks that count nothing per call, then the counters once per agent.
 
-        The policy cache is refreshed first: one read per batch, so an operator's
-        change applies to the next batch.
+        The policy cache is refreshed first (see :class:`PolicyLookup`), so an
+        operator's change applies to the next syscall.
         """
         self._policies.refresh()
         self._meter.flush_charges()  # tokens of calls answered so far count before the next admission

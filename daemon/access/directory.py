@@ -4,14 +4,21 @@ The ``agents`` collection holds one small document per agent (``_id`` = the
 name = the broker user): its policy, whether it is disabled, and a revision
 that changes on every write. Every write also advances one counter, the
 directory's revision (collection ``agents_revision``): the scheduler caches
-standings and reads only that counter once per batch of syscalls, so a change
-(disable, a new policy, a removed grant, a removed agent) applies to the very
-next batch without a read per syscall.
+standings and reads only that counter before it admits a batch of syscalls, so
+a change (disable, a new policy, a removed grant, a removed agent) applies to
+the next syscall sent after the change returned, without a read per syscall.
+
+One read of the revision serves every batch admitted within
+:data:`REVISION_GRACE` seconds of its start, and every write waits that long
+after advancing the revision before it returns: a syscall sent after a write
+returned is admitted on a read that started after the write, whichever host
+made it.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -26,6 +33,8 @@ from aiosd.sdk.protocol import utcnow
 AGENTS = "agents"
 #: The one document of ``agents_revision``.
 REVISION_ID = "revision"
+#: Seconds one read of the revision serves (the scheduler) and every write waits after it (the writers).
+REVISION_GRACE = 0.05
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,7 @@ class Directory:
 
     def _bump(self) -> None:
         self._revision.update_one({"_id": REVISION_ID}, {"$inc": {"rev": 1}}, upsert=True)
+        time.sleep(REVISION_GRACE)  # until no scheduler admits on a revision read that started before this write
 
     def standing(self, name: str) -> Standing | None:
         """The agent's policy and state, read now; ``None`` if it is not registered."""

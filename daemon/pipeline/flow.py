@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,7 +36,7 @@ from aiosd.daemon.errors import Denied, SyscallFailed
 from aiosd.daemon.pipeline.intake import Accepted, Intake, Rejected, reply_allowed
 from aiosd.daemon.pipeline.kernel import Kernel
 from aiosd.daemon.pipeline.poison import PoisonGuard
-from aiosd.daemon.pipeline.records import Envelope, Records, elapsed_ms
+from aiosd.daemon.pipeline.records import Envelope, Lookup, Records, elapsed_ms, record_key
 from aiosd.daemon.services.context import CallContext
 from aiosd.daemon.store import Doc
 from aiosd.daemon.transport.delivery import Delivery, ack_all
@@ -61,6 +62,9 @@ Submit = Callable[[Callable[[], None]], None]
 
 #: Live records retired with one delete once this many replies are out (the periodic job takes the rest).
 RETIRE_BATCH = 128
+
+#: Calls remembered as just ended, to tell which look-aheads they made stale.
+RELEASES_KEPT = 4096
 
 
 class Completion:
@@ -101,6 +105,16 @@ class Completion:
         for env, reply in won:
             _observe(reply)
             self.send(env, reply, live=False)
+        if len(won) < len(finished):
+            self._send_stored([env for env, _ in finished if all(env is not w for w, _ in won)])
+
+    def _send_stored(self, lost: list[Envelope]) -> None:
+        """Copies that ran while another copy (elsewhere) committed first: they get its reply."""
+        stored = self._records.lookup([env.key for env in lost])
+        for env in lost:
+            doc = stored.get(env.key)
+            if doc is not None and doc.get("reply"):
+                self.send(env, Reply.model_validate(doc["reply"]), live=False)
 
     def answer_later(self, duplicate: Envelope) -> None:
         """A duplicate of a call still running: it gets the reply too, once the call finishes."""
@@ -199,6 +213,9 @@ class Pipeline:
         self._gate = gate
         self._running: set[str] = set()
         self._running_lock = threading.Lock()
+        #: Keys released lately, with the release's number: a look-ahead older than that is stale for them.
+        self._released: OrderedDict[str, int] = OrderedDict()
+        self._releases = 0
         self._poison = PoisonGuard()
 
     # -- deliveries ------------------------------------------------------------
@@ -239,12 +256,12 @@ class Pipeline:
         except Exception:
             log.exception("syscalls_deferred_to_sweep", syscalls=len(work.new))
         if work.direct:
-            self._serve_unstored(work.direct)
+            self._serve_unstored(work.direct, work.lookup)
 
-    def _serve_unstored(self, calls: list[tuple[Delivery, Accepted]]) -> None:
+    def _serve_unstored(self, calls: list[tuple[Delivery, Accepted]], lookup: LookAhead | None = None) -> None:
         """Serve kernel calls that were not stored live; on failure their messages go back (never raises)."""
         try:
-            self._direct(calls)
+            self._direct(calls, lookup)
         except TRANSIENT as exc:
             if len(calls) > 1 and self._poison.store_works():
                 for call in calls:
@@ -282,8 +299,10 @@ class Pipeline:
         """Admit and persist a batch, audit it, settle its messages; return the work left after the acks.
 
         Calls the kernel serves at once are not stored live: their messages
-        stay unacknowledged until the reply is out (:meth:`_direct`).
+        stay unacknowledged until the reply is out (:meth:`_direct`). Their
+        stored copies are looked up while the batch is admitted.
         """
+        lookup = self._look_ahead(batch)
         verdicts = self._intake.admit_many(batch)
         accepted = [(d, v) for d, v in zip(batch, verdicts, strict=True) if isinstance(v, Accepted)]
         rejected = [(d, v) for d, v in zip(batch, verdicts, strict=True) if isinstance(v, Rejected)]
@@ -301,13 +320,31 @@ class Pipeline:
         duplicates = [
             (a.envelope, existing.get(a.envelope.key, {})) for _, a in accepted if id(a.envelope) not in fresh
         ]
-        return Work([a for _, a in accepted if id(a.envelope) in fresh], duplicates, direct)
+        return Work([a for _, a in accepted if id(a.envelope) in fresh], duplicates, direct, lookup)
+
+    def _look_ahead(self, batch: list[Delivery]) -> LookAhead | None:
+        """Start looking up the stored copies of the deliveries that name a kernel call.
+
+        Keyed as the sender sent them (routing key, user, message id); a call
+        that turns out to be keyed otherwise (a task runner acting for its
+        agent) is looked up again when it is served.
+        """
+        keys = [
+            record_key(d.user_id, d.message_id)
+            for d in batch
+            if d.user_id and d.message_id and d.routing_key in CATALOGUE and not is_leased(d.routing_key)
+        ]
+        if not keys:
+            return None
+        with self._running_lock:
+            since = self._releases
+        return LookAhead(self._records.lookup_started(keys), since)
 
     def _served_now(self, a: Accepted) -> bool:
         """A call the kernel serves on this thread: no worker, no approval."""
         return not is_leased(a.envelope.request.syscall) and not (a.needs_approval and self._gate is not None)
 
-    def _direct(self, calls: list[tuple[Delivery, Accepted]]) -> None:
+    def _direct(self, calls: list[tuple[Delivery, Accepted]], lookup: LookAhead | None = None) -> None:
         """Serve kernel calls without a live record, then reply, then acknowledge.
 
         The unacknowledged message is the durable record: after a crash RabbitMQ
@@ -323,7 +360,7 @@ class Pipeline:
             else:
                 firsts[a.envelope.key] = a
         try:
-            stored = self._records.lookup(list(firsts)) if firsts else {}
+            stored = self._stored(list(firsts), lookup)
             for key, doc in stored.items():
                 env = firsts.pop(key).envelope
                 self._release(key)
@@ -339,6 +376,19 @@ class Pipeline:
             for key in firsts:
                 self._release(key)
         ack_all([d for d, _ in calls])  # after the replies: the connection thread sends in order
+
+    def _stored(self, keys: list[str], ahead: LookAhead | None) -> dict[str, Doc]:
+        """The stored copies of ``keys`` (claimed): from the look-ahead, the rest read now.
+
+        A key the look-ahead did not cover, or whose copy ended here after it
+        started (its result may have been stored since), is read again.
+        """
+        found = ahead.lookup.found() if ahead is not None else {}
+        stale = self._released_since(ahead.since, keys) if ahead is not None else set()
+        missing = [k for k in keys if ahead is None or k not in ahead.lookup.keys or k in stale]
+        if missing:
+            found.update(self._records.lookup(missing))
+        return {k: found[k] for k in keys if k in found}
 
     def _run(self, work: Work) -> None:
         for env, doc in work.duplicates:
@@ -446,6 +496,18 @@ class Pipeline:
     def _release(self, key: str) -> None:
         with self._running_lock:
             self._running.discard(key)
+            self._releases += 1
+            self._released[key] = self._releases
+            self._released.move_to_end(key)
+            if len(self._released) > RELEASES_KEPT:
+                self._released.popitem(last=False)
+
+    def _released_since(self, since: int, keys: list[str]) -> set[str]:
+        """Those of ``keys`` whose calls ended here after release number ``since``."""
+        with self._running_lock:
+            if since < self._releases - RELEASES_KEPT:  # older than what is kept: trust none
+                return set(keys)
+            return {k for k in keys if self._released.get(k, 0) > since}
 
 
 def _context(env: Envelope) -> CallContext:
@@ -499,6 +561,14 @@ def _noop() -> None:
 
 
 @dataclass(frozen=True)
+class LookAhead:
+    """A lookup of stored copies started before admission, and the release number it started at."""
+
+    lookup: Lookup
+    since: int
+
+
+@dataclass(frozen=True)
 class Work:
     """What is left of a batch after its messages are acknowledged."""
 
@@ -506,6 +576,8 @@ class Work:
     duplicates: list[tuple[Envelope, Doc]]
     #: Kernel calls served before their messages are acknowledged.
     direct: list[tuple[Delivery, Accepted]]
+    #: Their stored copies, looked up while the batch was admitted.
+    lookup: LookAhead | None = None
 
     @property
     def unacked(self) -> list[Delivery]:

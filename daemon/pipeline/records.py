@@ -18,7 +18,7 @@ collection small keeps the scheduler fast there, and costs nothing on MongoDB.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
@@ -66,7 +66,7 @@ class Records:
     def __init__(self, live: Collection[Doc], results: Collection[Doc]) -> None:
         self._live = live
         self._results = results
-        self._reader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="aiosd-records")
+        self._reader = ThreadPoolExecutor(max_workers=4, thread_name_prefix="aiosd-records")
 
     def insert_many(self, envs: list[Envelope]) -> tuple[list[Envelope], dict[str, Doc]]:
         """Store a batch of newly accepted syscalls: ``(new ones, {key: existing record})``.
@@ -136,6 +136,12 @@ class Records:
         live = self._reader.submit(self._by_id, self._live, keys)
         found = self._by_id(self._results, keys)
         return {**live.result(), **found}
+
+    def lookup_started(self, keys: list[str]) -> Lookup:
+        """Start :meth:`lookup` on the helper threads; the caller goes on meanwhile."""
+        live = self._reader.submit(self._by_id, self._live, keys)
+        results = self._reader.submit(self._by_id, self._results, keys)
+        return Lookup(frozenset(keys), live, results)
 
     def retire(self, keys: list[str]) -> None:
         """Replies reached the broker: remove their live records with one write."""
@@ -224,3 +230,16 @@ def envelope_from_record(doc: Doc) -> Envelope:
 def elapsed_ms(since: datetime, until: datetime | None = None) -> float:
     """Milliseconds between two aware datetimes."""
     return ((until or utcnow()) - since).total_seconds() * 1000.0
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """A :meth:`Records.lookup` under way: the keys it covers and its two reads."""
+
+    keys: frozenset[str]
+    live: Future[dict[str, Doc]]
+    results: Future[dict[str, Doc]]
+
+    def found(self) -> dict[str, Doc]:
+        """Wait for both reads: the stored record of each key that has one (the result first)."""
+        return {**self.live.result(), **self.results.result()}
