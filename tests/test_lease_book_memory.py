@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import tracemalloc
 
+import pytest
+
+from aiosd.daemon.leasing import book as book_module
 from aiosd.daemon.leasing.book import LeaseBook
 from aiosd.daemon.leasing.ordering import Priority
 from aiosd.sdk.protocol import Usage
@@ -46,3 +49,33 @@ def test_merged_transitions_are_written_as_one_valid_update(world: World) -> Non
     doc = live.find_one({"_id": record["_id"]})
     assert doc is not None and doc["state"] == "leased" and doc["lease"]["worker"] == "w2"
     assert (doc["attempts"], doc["run_ms"], doc["usage"]["completion_tokens"]) == (2, 2.0, 5)
+
+
+def test_live_records_of_calls_in_flight_are_served_from_memory_within_the_bound(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    live = world.db()["syscalls"]
+    first, second, third = _record(1), _record(2), _record(3)
+    for record in (first, second, third):
+        live.insert_one({**record, "state": "accepted", "where": "database"})
+    book = LeaseBook(live, Priority().key)
+    book.enqueue(first, live={**first, "where": "memory"})
+    monkeypatch.setattr(book_module, "HOT_BYTES", book.hot_bytes() * 2 + 10)  # room for two of the three
+    for record in (second, third):
+        book.enqueue(record, live={**record, "where": "memory"})
+    found = book.read([first["_id"], second["_id"], third["_id"]])
+    assert [found[r["_id"]]["where"] for r in (first, second, third)] == ["memory", "memory", "database"]
+    assert book.read([first["_id"]], ended=True)[first["_id"]]["where"] == "memory"
+    assert book.read([first["_id"]])[first["_id"]]["where"] == "database"  # the reply took it out of memory
+    # A call that leaves the book without its reply reading it is dropped from memory two flushes on.
+    taken = book.take(3)
+    entry = next(e for e in taken if e["_id"] == second["_id"])
+    book.put_back([e for e in taken if e is not entry])
+    lease = book.grant(entry, "w1", ttl=30)
+    assert lease is not None
+    book.settle(entry["_id"], lease["lease"]["id"])
+    left = book.hot_bytes()
+    book.flush()
+    assert book.hot_bytes() == left
+    book.flush()
+    assert book.hot_bytes() < left and book.read([entry["_id"]])[entry["_id"]]["where"] == "database"

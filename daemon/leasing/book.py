@@ -8,6 +8,11 @@ holds only what ordering, routing and caps need (well under 1 KiB): the
 arguments stay in the call's live record and are read, by ``_id`` and a
 round at a time, when a lease is granted.
 
+While they fit in :data:`HOT_BYTES`, the live records of calls submitted here
+are also kept in memory until the call ends, so neither its lease nor its
+reply reads them back (a prompt is the bulk of an LLM call's database work);
+past that bound, and after a restart, they are read.
+
 MongoDB stays the durable record. Every transition is also queued as an
 update of the live record and written in batches (:meth:`LeaseBook.flush`:
 each dispatch round and a periodic job), so a restart rebuilds the book with
@@ -21,9 +26,10 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import threading
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -48,6 +54,9 @@ OrderKey = Callable[[Doc], tuple[Any, ...]]
 #: Told the usage a worker reported for a call or slice (:meth:`.ordering.Ordering.charge`).
 Charge = Callable[[Doc, Usage], None]
 
+#: Bytes (of JSON) of live records kept in memory for calls in flight.
+HOT_BYTES = 32 * 1024 * 1024
+
 
 @dataclass
 class _Heap:
@@ -70,6 +79,11 @@ class LeaseBook:
         self._taken: dict[str, tuple[Any, ...]] = {}
         #: Transitions not written yet, merged into one update per call.
         self._pending: dict[str, Doc] = {}
+        #: Live records of calls in flight, with their sizes (see :data:`HOT_BYTES`).
+        self._hot: OrderedDict[str, tuple[Doc, int]] = OrderedDict()
+        self._hot_bytes = 0
+        #: Hot records whose call had left the book at the last flush (see :meth:`_prune_hot`).
+        self._gone: set[str] = set()
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
 
@@ -102,6 +116,15 @@ class LeaseBook:
                    for key, update in pending.items()]  # fmt: skip
             if ops:
                 self._live.bulk_write(ops, ordered=False)
+        self._prune_hot()
+
+    def _prune_hot(self) -> None:
+        """Drop hot records of calls that left the book without their reply reading them (two flushes ago)."""
+        with self._lock:
+            gone = {k for k in self._hot if k not in self._entries}
+            for key in gone & self._gone:
+                self._hot_bytes -= self._hot.pop(key)[1]
+            self._gone = gone - self._gone
 
     def _record(self, key: str, update: Doc) -> None:
         """Merge ``update`` into the call's pending one (a call queued and leased in one round: one write)."""
@@ -117,11 +140,12 @@ class LeaseBook:
 
     # -- transitions -------------------------------------------------------------------
 
-    def enqueue(self, record: Doc, prompt: list[dict[str, Any]] | None = None) -> bool:
+    def enqueue(self, record: Doc, prompt: list[dict[str, Any]] | None = None, live: Doc | None = None) -> bool:
         """Queue an accepted syscall (its live record); ``False`` if it is already in the book.
 
         ``prompt`` replaces the call's messages when it is leased (a session's
         history put in front); it is fixed here so every time slice resumes it.
+        ``live`` is the whole live record as stored, kept in memory if it fits.
         """
         hint = hint_of(record)
         entry = _entry(record, hint)
@@ -141,12 +165,17 @@ class LeaseBook:
         }
         if prompt is not None:
             fields["prompt"] = prompt
+        hot = {**live, **fields} if live is not None else None
+        size = len(json.dumps(hot, default=str)) if hot is not None else 0
         with self._lock:
             if entry["_id"] in self._entries:
                 return False
             self._entries[entry["_id"]] = entry
             self._push(entry)
             self._record(entry["_id"], {"$set": fields})
+            if hot is not None and self._hot_bytes + size <= HOT_BYTES and entry["_id"] not in self._hot:
+                self._hot[entry["_id"]] = (hot, size)
+                self._hot_bytes += size
         return True
 
     def take(self, limit: int) -> list[Doc]:
@@ -237,6 +266,8 @@ class LeaseBook:
                 update["$set"]["snapshot"] = snapshot.model_dump()
                 update["$inc"]["slices"] = 1
                 entry["slices"] += 1
+                if key in self._hot:  # the next lease resumes from it
+                    self._hot[key][0]["snapshot"] = update["$set"]["snapshot"]
             if refund_attempt:
                 update["$inc"]["attempts"] = -1
                 entry["attempts"] -= 1
@@ -268,11 +299,26 @@ class LeaseBook:
                 return None
             return self._drop(entry)
 
-    def read(self, keys: list[str]) -> dict[str, Doc]:
-        """The live records of ``keys`` (arguments, prompt, snapshot), by ``_id``, in one read."""
-        if not keys:
-            return {}
-        return {d["_id"]: d for d in self._live.find({"_id": {"$in": keys}})}
+    def read(self, keys: list[str], ended: bool = False) -> dict[str, Doc]:
+        """The live records of ``keys`` (arguments, prompt, snapshot): from memory, the rest in one read.
+
+        ``ended``: the calls are over (their reply is being made), so their
+        records leave memory.
+        """
+        with self._lock:
+            found = {k: self._hot[k][0] for k in keys if k in self._hot}
+            if ended:
+                for k in found:
+                    self._hot_bytes -= self._hot.pop(k)[1]
+        missing = [k for k in keys if k not in found]
+        if missing:
+            found.update({d["_id"]: d for d in self._live.find({"_id": {"$in": missing}})})
+        return found
+
+    def hot_bytes(self) -> int:
+        """Bytes of live records held in memory."""
+        with self._lock:
+            return self._hot_bytes
 
     def __len__(self) -> int:
         with self._lock:

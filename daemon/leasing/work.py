@@ -19,7 +19,7 @@ from pymongo.collection import Collection
 
 from aiosd.daemon.leasing.book import LeaseBook
 from aiosd.daemon.leasing.fleet import Fleet
-from aiosd.daemon.pipeline.records import Envelope, elapsed_ms, envelope_from_record
+from aiosd.daemon.pipeline.records import Envelope, elapsed_ms, envelope_from_record, live_record
 from aiosd.daemon.services.sessions import SessionService, fit
 from aiosd.daemon.store import Doc
 from aiosd.sdk.cluster import Goodbye, Heartbeat, Outcome
@@ -86,7 +86,7 @@ class LeasedWork:
             "program": req.program,  # las ranks a call by its program's attained service
             "background": req.task is not None,  # a task's call waits behind interactive ones (priority)
         }
-        if self.book.enqueue(record, self._prompt(env)):
+        if self.book.enqueue(record, self._prompt(env), live_record(env)):
             log.debug("llm_queued", message_id=env.message_id, agent=env.agent)
             self._wake()
 
@@ -159,7 +159,7 @@ class LeasedWork:
 
     def _complete(self, done: list[tuple[Doc, Outcome]]) -> None:
         """Reply to settled calls: one read of their records, usage once per agent, one commit."""
-        records = self.book.read([entry["_id"] for entry, _ in done])
+        records = self.book.read([entry["_id"] for entry, _ in done], ended=True)
         finished: list[tuple[Envelope, Reply]] = []
         spent: dict[str, tuple[Usage, int]] = {}
         for entry, out in done:
@@ -260,7 +260,7 @@ class LeasedWork:
 
     def _envelope(self, entry: Doc) -> Envelope | None:
         """The call's envelope, from its live record (the book keeps no arguments)."""
-        record = self.book.read([entry["_id"]]).get(entry["_id"])
+        record = self.book.read([entry["_id"]], ended=True).get(entry["_id"])
         if record is None:  # finished and retired already: this was a late duplicate
             log.warning("settled_call_gone", key=entry["_id"])
             return None

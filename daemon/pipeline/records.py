@@ -183,6 +183,11 @@ class Records:
         return iter(self._live.find({"accepted_at": {"$lte": cutoff}}).sort("accepted_at", 1))
 
 
+def live_record(env: Envelope) -> Doc:
+    """The live record stored for an accepted syscall (before its scheduling fields)."""
+    return _record(env)
+
+
 def _record(env: Envelope) -> Doc:
     req = env.request
     return {
