@@ -222,3 +222,15 @@ def test_readme_policy_example_is_valid_and_defaults_match() -> None:
     assert (defaults.max_priority, defaults.tokens_per_period, defaults.requests_per_period) == (5, 200_000, 50_000)
     assert defaults.rate_limit is not None and (defaults.rate_limit.requests, defaults.rate_limit.seconds) == (600, 60)
     assert (defaults.max_concurrent_llm, defaults.memory_notes, defaults.memory_bytes) == (4, 10_000, 64 * 2**20)
+
+
+def test_weight_is_set_from_the_command_line_and_checked(registry: AgentRegistry, shared_world: World) -> None:
+    name = registry.name("weighted")
+    assert registry.cli("agents", "add", name, "--weight", "2.5").returncode == 0
+    doc = shared_world.db().agents.find_one({"_id": name})
+    assert doc is not None and doc["policy"]["weight"] == 2.5
+    assert registry.cli("agents", "policy", "set", name, "--weight", "4").returncode == 0
+    doc = shared_world.db().agents.find_one({"_id": name})
+    assert doc is not None and doc["policy"]["weight"] == 4.0
+    refused = registry.cli("agents", "policy", "set", name, "--weight", "0")
+    assert refused.returncode == 2 and "--weight" in refused.stderr

@@ -35,6 +35,7 @@ POLICY_FLAGS: dict[str, tuple[str, str]] = {
     "requests": ("requests_per_period", "limit"),
     "rate": ("rate_limit", "rate"),
     "max_llm": ("max_concurrent_llm", "limit"),
+    "weight": ("weight", "float"),
     "memory_notes": ("memory_notes", "limit"),
     "memory_bytes": ("memory_bytes", "limit"),
     "storage_bytes": ("storage_bytes", "limit"),
@@ -63,6 +64,11 @@ def policy_options(fn: F) -> F:
         click.option("--requests", help="Requests per period, or 'none'."),
         click.option("--rate", help="Rate limit as REQUESTS/SECONDS (e.g. 600/60), or 'none'."),
         click.option("--max-llm", help="LLM calls on workers at once, or 'none'."),
+        click.option(
+            "--weight",
+            type=click.FloatRange(0, 1000, min_open=True),
+            help="Share of the LLM workers under the fair policy, relative to other agents' weights.",
+        ),
         click.option("--memory-notes", help="Live memory notes, or 'none'."),
         click.option("--memory-bytes", help="Bytes of note content, or 'none'."),
         click.option("--storage-bytes", help="Bytes of every kept version of every file, or 'none'."),
@@ -94,7 +100,7 @@ def _flag_value(flag: str, kind: str, value: Any) -> Any:
     if kind in ("list", "grants"):
         items = [] if list(value) == ["none"] else list(value)
         return [{"agent": a} for a in items] if kind == "grants" else items
-    if kind in ("int", "str"):
+    if kind in ("int", "float", "str"):
         return value
     if str(value).lower() in ("none", "unlimited"):
         return None
