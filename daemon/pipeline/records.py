@@ -155,6 +155,10 @@ class Records:
         """Keep a record recovery cannot read, out of recovery's way (an operator can inspect it)."""
         self._live.update_one({"_id": key}, {"$set": {"state": "unrecoverable", "error": reason}})
 
+    def results_of(self, keys: list[str]) -> dict[str, Doc]:
+        """The result documents of those of ``keys`` that completed, in one read."""
+        return self._by_id(self._results, keys) if keys else {}
+
     def result(self, key: str) -> Doc | None:
         """The result document of a completed syscall."""
         return self._results.find_one({"_id": key})

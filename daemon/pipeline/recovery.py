@@ -10,7 +10,7 @@ calls belong to the dispatcher.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from pydantic import BaseModel
@@ -27,6 +27,9 @@ log = get_logger(__name__)
 
 #: Syscalls that change an agent's memory quota usage.
 MEMORY_WRITES = frozenset({"memory.add", "memory.update", "memory.delete"})
+
+#: Live records whose results are looked up with one read.
+RESULTS_PER_READ = 256
 
 #: Serve an accepted syscall (the pipeline's ``execute``).
 Execute = Callable[[Envelope, BaseModel], None]
@@ -80,19 +83,21 @@ class Recovery:
         ``unrecoverable`` and skipped from then on) and recovery goes on.
         """
         count = 0
-        for doc in self._records.live(older_than):
-            try:
-                count += self._recover_one(doc)
-            except PyMongoError:
-                raise  # the store itself: the next sweep tries again
-            except Exception as exc:
-                log.exception("recovery_failed", key=doc.get("_id"))
-                self._give_up(doc, exc)
+        for chunk in _chunks(self._records.live(older_than), RESULTS_PER_READ):
+            # One read of the results per chunk: a backlog of queued calls costs a few reads, not one each.
+            results = self._records.results_of([str(doc["_id"]) for doc in chunk])
+            for doc in chunk:
+                try:
+                    count += self._recover_one(doc, results.get(str(doc["_id"])))
+                except PyMongoError:
+                    raise  # the store itself: the next sweep tries again
+                except Exception as exc:
+                    log.exception("recovery_failed", key=doc.get("_id"))
+                    self._give_up(doc, exc)
         return count
 
-    def _recover_one(self, doc: Doc) -> int:
+    def _recover_one(self, doc: Doc, done: Doc | None) -> int:
         env = envelope_from_record(doc)
-        done = self._records.result(env.key)
         if done is not None:
             self._completion.send(env, Reply.model_validate(done["reply"]))
         elif doc["state"] == "accepted":
@@ -114,6 +119,17 @@ class Recovery:
         except Exception:
             log.exception("record_unrecoverable", key=doc.get("_id"))
             self._records.mark_unrecoverable(str(doc["_id"]), reason)
+
+
+def _chunks(docs: Iterator[Doc], size: int) -> Iterator[list[Doc]]:
+    chunk: list[Doc] = []
+    for doc in docs:
+        chunk.append(doc)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _args_of(env: Envelope) -> BaseModel:
