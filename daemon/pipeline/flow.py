@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from pydantic import BaseModel
 from pymongo.errors import ConnectionFailure
@@ -56,6 +56,9 @@ TRANSIENT = (ConnectionFailure,)
 #: database does not turn into a hot redelivery loop.
 RETRY_PAUSE = 1.0
 
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 #: Run a function on the syscall threads.
 Submit = Callable[[Callable[[], None]], None]
@@ -229,25 +232,8 @@ class Pipeline:
         the syscalls, so a failure only leaves records for the recovery sweep;
         a message is never settled twice.
         """
-        try:
-            work = self._take(batch)
-        except TRANSIENT as exc:
-            if len(batch) > 1 and self._poison.store_works():
-                # The store serves other work: find the message it keeps failing on.
-                log.warning("batch_split", deliveries=len(batch), error=f"{type(exc).__name__}: {exc}")
-                for d in batch:
-                    self.handle([d])
-                return
-            self._hand_back(batch, exc)
-            return
-        except Exception as exc:  # a message the store refuses is poison: never retry it
-            if len(batch) > 1:
-                log.warning("batch_split", deliveries=len(batch), error=f"{type(exc).__name__}: {exc}")
-                for d in batch:
-                    self.handle([d])
-                return
-            log.exception("delivery_refused", message_id=batch[0].message_id)
-            self._refuse(batch[0], f"the request could not be stored: {type(exc).__name__}: {exc}")
+        work = self._guarded(batch, self._take, self.handle, _itself, "stored")
+        if work is None:
             return
         unacked = {id(d) for d in work.unacked}
         self._poison.stored([d for d in batch if id(d) not in unacked])
@@ -260,25 +246,44 @@ class Pipeline:
 
     def _serve_unstored(self, calls: list[tuple[Delivery, Accepted]], lookup: LookAhead | None = None) -> None:
         """Serve kernel calls that were not stored live; on failure their messages go back (never raises)."""
+        if self._guarded(calls, partial(self._direct, lookup=lookup), self._serve_unstored, _deliveries, "served"):
+            self._poison.stored(_deliveries(calls))
+
+    def _guarded(
+        self,
+        items: list[T],
+        step: Callable[[list[T]], R],
+        alone: Callable[[list[T]], None],
+        deliveries: Callable[[list[T]], list[Delivery]],
+        failed: str,
+    ) -> R | None:
+        """``step(items)``, or ``None`` once a failure is dealt with: the messages are unsettled until then.
+
+        A transient store error hands them back, unless the store serves other
+        work: then each item goes ``alone`` to find the one it keeps failing
+        on. Any other error is a message the store refuses (poison, never
+        retried): a batch is split the same way, a lone message refused.
+        """
         try:
-            self._direct(calls, lookup)
+            return step(items)
         except TRANSIENT as exc:
-            if len(calls) > 1 and self._poison.store_works():
-                for call in calls:
-                    self._serve_unstored([call])
-                return
-            self._hand_back([d for d, _ in calls], exc)
-            return
+            if len(items) > 1 and self._poison.store_works():
+                self._split(items, alone, exc)
+            else:
+                self._hand_back(deliveries(items), exc)
         except Exception as exc:
-            if len(calls) > 1:
-                log.warning("batch_split", deliveries=len(calls), error=f"{type(exc).__name__}: {exc}")
-                for call in calls:
-                    self._serve_unstored([call])
-                return
-            log.exception("delivery_refused", message_id=calls[0][0].message_id)
-            self._refuse(calls[0][0], f"the request could not be served: {type(exc).__name__}: {exc}")
-            return
-        self._poison.stored([d for d, _ in calls])
+            if len(items) > 1:
+                self._split(items, alone, exc)
+            else:
+                d = deliveries(items)[0]
+                log.exception("delivery_refused", message_id=d.message_id)
+                self._refuse(d, f"the request could not be {failed}: {type(exc).__name__}: {exc}")
+        return None
+
+    def _split(self, items: list[T], alone: Callable[[list[T]], None], exc: Exception) -> None:
+        log.warning("batch_split", deliveries=len(items), error=f"{type(exc).__name__}: {exc}")
+        for item in items:
+            alone([item])
 
     def _hand_back(self, batch: list[Delivery], exc: Exception) -> None:
         """Transient store trouble: redeliver the batch, but give up a message that keeps failing alone."""
@@ -344,13 +349,14 @@ class Pipeline:
         """A call the kernel serves on this thread: no worker, no approval."""
         return not is_leased(a.envelope.request.syscall) and not (a.needs_approval and self._gate is not None)
 
-    def _direct(self, calls: list[tuple[Delivery, Accepted]], lookup: LookAhead | None = None) -> None:
+    def _direct(self, calls: list[tuple[Delivery, Accepted]], lookup: LookAhead | None = None) -> bool:
         """Serve kernel calls without a live record, then reply, then acknowledge.
 
         The unacknowledged message is the durable record: after a crash RabbitMQ
         redelivers it and it runs again (kernel syscalls are idempotent on their
         message id); a copy that arrives once its result is stored is answered
         from it. Copies of a call running on another thread wait for its reply.
+        Returns ``True`` once done (see :meth:`_guarded`).
         """
         firsts: dict[str, Accepted] = {}
         copies: list[Envelope] = []
@@ -375,7 +381,8 @@ class Pipeline:
         finally:
             for key in firsts:
                 self._release(key)
-        ack_all([d for d, _ in calls])  # after the replies: the connection thread sends in order
+        ack_all(_deliveries(calls))  # after the replies: the connection thread sends in order
+        return True
 
     def _stored(self, keys: list[str], ahead: LookAhead | None) -> dict[str, Doc]:
         """The stored copies of ``keys`` (claimed): from the look-ahead, the rest read now.
@@ -558,6 +565,14 @@ def _past_deadline(env: Envelope) -> bool:
 
 def _noop() -> None:
     pass
+
+
+def _itself(batch: list[Delivery]) -> list[Delivery]:
+    return batch
+
+
+def _deliveries(calls: list[tuple[Delivery, Accepted]]) -> list[Delivery]:
+    return [d for d, _ in calls]
 
 
 @dataclass(frozen=True)
