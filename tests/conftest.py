@@ -61,6 +61,23 @@ def scheduler(shared_world: World, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture(scope="module")
+def task_scheduler(
+    request: pytest.FixtureRequest, shared_world: World, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SchedulerProcess]:
+    """One scheduler for a module of task tests; its task lease lasts the module's ``TASK_LEASE_TTL`` seconds."""
+    ttl = str(getattr(request.module, "TASK_LEASE_TTL", 3))
+    proc = SchedulerProcess(shared_world, tmp_path_factory.mktemp("tasks"), task_lease_ttl=ttl).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def runner_url(registry: AgentRegistry, task_scheduler: SchedulerProcess) -> str:
+    """A task runner identity (broker user + runner policy) in the module's world."""
+    return registry.add("runner", "--runner")
+
+
+@pytest.fixture(scope="module")
 def registry(shared_world: World) -> Iterator[AgentRegistry]:
     """Real agents (broker users + policies) in the module's world, removed afterwards."""
     reg = AgentRegistry(shared_world)

@@ -8,7 +8,6 @@ import json
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +18,8 @@ from .harness import AgentRegistry, RunnerProcess, SchedulerProcess, World
 pytestmark = pytest.mark.timeout(400)
 
 
-@pytest.fixture(scope="module")
-def batch_scheduler(shared_world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SchedulerProcess]:
-    proc = SchedulerProcess(shared_world, tmp_path_factory.mktemp("batches"), task_lease_ttl="3").start()
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
-def runner_url(registry: AgentRegistry, batch_scheduler: SchedulerProcess) -> str:
-    return registry.add("runner", "--runner")
+#: Seconds a runner's task lease lasts (the ``task_scheduler`` fixture reads it).
+TASK_LEASE_TTL = 3
 
 
 def write_jsonl(path: Path, lines: list[Any]) -> Path:
@@ -63,7 +54,7 @@ def export(registry: AgentRegistry, batch_id: str, *flags: str) -> str:
 
 
 def test_invalid_line_is_reported_and_nothing_is_submitted(
-    shared_world: World, registry: AgentRegistry, tmp_path: Path, batch_scheduler: SchedulerProcess
+    shared_world: World, registry: AgentRegistry, tmp_path: Path, task_scheduler: SchedulerProcess
 ) -> None:
     agent = registry.name("bob")
     registry.add("bob")

@@ -22,16 +22,8 @@ from .harness import AgentRegistry, RunnerProcess, SchedulerProcess, World
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture(scope="module")
-def task_scheduler(shared_world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SchedulerProcess]:
-    proc = SchedulerProcess(shared_world, tmp_path_factory.mktemp("tasks"), task_lease_ttl="2").start()
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
-def runner_url(registry: AgentRegistry, task_scheduler: SchedulerProcess) -> str:
-    return registry.add("runner", "--runner")
+#: Seconds a runner's task lease lasts (the ``task_scheduler`` fixture reads it).
+TASK_LEASE_TTL = 2
 
 
 @pytest.fixture(scope="module")
