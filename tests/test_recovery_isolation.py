@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
 
-from aiosd.sdk.protocol import utcnow
+import pika
+
+from aiosd.sdk.protocol import INGRESS_QUEUE, utcnow
 
 from .harness import SchedulerProcess, World
+from .rawamqp import RawAgent
 
 
 def _record(message_id: str, **changes: Any) -> dict[str, Any]:
@@ -72,3 +76,30 @@ def test_memory_quota_counts_are_recounted_for_agents_with_memory_calls_in_fligh
     counter = db.counters.find_one({"_id": "guest:memory"})
     assert counter is not None and (counter["notes"], counter["bytes"]) == (4, 3 * 3 + len("recovered in-flight"))
     assert next(e for e in scheduler.events() if e["event"] == "scheduler_ready")["quotas_recounted"] == 1
+
+
+def test_a_memory_write_redelivered_after_a_crash_recounts_its_agents_quota(
+    world: World, make_scheduler: Callable[..., SchedulerProcess]
+) -> None:
+    """Kernel calls have no live record: the redelivered message is what tells of the crash."""
+    db = world.db()
+    first = make_scheduler().start()  # declares the queues
+    first.stop()
+    agent = RawAgent(world.amqp_url())
+    try:
+        call_id = agent.publish(json.dumps({"v": 1, "syscall": "memory.add", "args": {"content": "again"}}).encode())
+        # A scheduler took the message and died before acknowledging it: RabbitMQ delivers it again, flagged.
+        taker = pika.BlockingConnection(pika.URLParameters(world.amqp_url()))
+        method, _props, _body = taker.channel().basic_get(INGRESS_QUEUE, auto_ack=False)
+        assert method is not None
+        taker.close()
+        # ... having reserved the note's quota, not stored the note: one note counted high.
+        db.counters.insert_one({"_id": "guest:memory", "agent": "guest", "kind": "memory", "notes": 1, "bytes": 5})
+        make_scheduler().start()
+        reply = agent.wait(call_id)
+    finally:
+        agent.close()
+    assert reply["status"] == "ok"
+    counter = db.counters.find_one({"_id": "guest:memory"})
+    assert counter is not None and (counter["notes"], counter["bytes"]) == (1, len("again"))
+    assert db.memory.count_documents({"agent": "guest", "deleted": False}) == 1

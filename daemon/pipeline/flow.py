@@ -66,6 +66,9 @@ Submit = Callable[[Callable[[], None]], None]
 #: Live records retired with one delete once this many replies are out (the periodic job takes the rest).
 RETIRE_BATCH = 128
 
+#: Syscalls that change an agent's memory quota usage.
+MEMORY_WRITES = frozenset({"memory.add", "memory.update", "memory.delete"})
+
 #: Calls remembered as just ended, to tell which look-aheads they made stale.
 RELEASES_KEPT = 4096
 
@@ -205,7 +208,9 @@ class Pipeline:
         outbox: Outbox,
         leasing: Leasing,
         gate: Gate | None = None,
+        recount: Callable[[str], None] | None = None,
     ) -> None:
+        self._recount = recount
         self._intake = intake
         self._records = records
         self._audit = audit
@@ -373,6 +378,7 @@ class Pipeline:
                 self._answer_duplicate(env, doc)
             for env in copies:
                 self._completion.answer_later(env)
+            self._recount_redelivered(calls, firsts)
             by_syscall: dict[str, list[Accepted]] = {}
             for a in firsts.values():
                 by_syscall.setdefault(a.envelope.request.syscall, []).append(a)
@@ -383,6 +389,23 @@ class Pipeline:
                 self._release(key)
         ack_all(_deliveries(calls))  # after the replies: the connection thread sends in order
         return True
+
+    def _recount_redelivered(self, calls: list[tuple[Delivery, Accepted]], running: dict[str, Accepted]) -> None:
+        """Recount the memory quota of agents whose memory writes come again after a crash.
+
+        A crash between a write's quota reservation and its note leaves the
+        count one high; the redelivered message is the only trace of it.
+        """
+        if self._recount is None:
+            return
+        agents = {
+            a.envelope.agent
+            for d, a in calls
+            if d.redelivered and a.envelope.key in running and a.envelope.request.syscall in MEMORY_WRITES
+        }
+        for agent in sorted(agents):
+            log.info("memory_quota_recounted", agent=agent)
+            self._recount(agent)
 
     def _stored(self, keys: list[str], ahead: LookAhead | None) -> dict[str, Doc]:
         """The stored copies of ``keys`` (claimed): from the look-ahead, the rest read now.

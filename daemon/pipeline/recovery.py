@@ -16,7 +16,7 @@ from typing import Protocol
 from pydantic import BaseModel
 from pymongo.errors import PyMongoError
 
-from aiosd.daemon.pipeline.flow import Completion
+from aiosd.daemon.pipeline.flow import MEMORY_WRITES, Completion
 from aiosd.daemon.pipeline.records import Envelope, Records, envelope_from_record
 from aiosd.daemon.store import Doc
 from aiosd.sdk.process.logs import get_logger
@@ -24,9 +24,6 @@ from aiosd.sdk.protocol import ErrorCode, Reply
 from aiosd.sdk.syscalls import CATALOGUE
 
 log = get_logger(__name__)
-
-#: Syscalls that change an agent's memory quota usage.
-MEMORY_WRITES = frozenset({"memory.add", "memory.update", "memory.delete"})
 
 #: Live records whose results are looked up with one read.
 RESULTS_PER_READ = 256

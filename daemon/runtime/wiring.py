@@ -165,7 +165,7 @@ def build_scheduler(settings: Settings) -> SchedulerGraph:
         on_usage=meter.charge_tokens,
         may_retry=tools.may_retry,
     )
-    pipeline = Pipeline(intake, records, audit, kernel, completion, outbox, leased, approvals)
+    pipeline = Pipeline(intake, records, audit, kernel, completion, outbox, leased, approvals, memory.recount)
     recovery = Recovery(records, completion, pipeline.execute, approvals, recount=memory.recount)
     dispatcher = Dispatcher(
         leased,

@@ -12,6 +12,8 @@ the effect once.
 from __future__ import annotations
 
 import hashlib
+import threading
+import zlib
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -39,6 +41,8 @@ from aiosd.sdk.syscalls import (
 #: Upper bound on notes ranked per search; the ranking is done in process.
 SEARCH_SCAN_LIMIT = 5000
 
+_STRIPES = 64
+
 
 class MemoryGuard(Protocol):
     """Sharing and quota decisions the memory service asks for (see :mod:`.guard`)."""
@@ -58,6 +62,12 @@ class MemoryService:
     def __init__(self, collection: Collection[Doc], guard: MemoryGuard | None = None) -> None:
         self._col = collection
         self._guard = guard
+        # An agent's quota changes and the note writes they pay for, and its recount, take turns
+        # in this process: a recount never sees a reservation without its note or the reverse.
+        self._locks = [threading.Lock() for _ in range(_STRIPES)]
+
+    def _turn(self, agent: str) -> threading.Lock:
+        return self._locks[zlib.crc32(agent.encode()) % _STRIPES]
 
     def _visible(self, reader: str, owner: str) -> bool:
         return reader == owner or (self._guard is not None and self._guard.can_read(reader, owner))
@@ -67,16 +77,17 @@ class MemoryService:
         doc = _note_doc(ctx, args)
         note_id = doc["_id"]
         size = _size(args.content)
-        if self._guard is not None:
-            self._guard.reserve(ctx.agent, 1, size)
-        try:
-            self._col.insert_one(doc)
-        except DuplicateKeyError:
-            # The same syscall ran before a crash: its effect (and its quota share) already exists.
-            self._release(ctx.agent, 1, size)
-        except Exception:
-            self._release(ctx.agent, 1, size)
-            raise
+        with self._turn(ctx.agent):
+            if self._guard is not None:
+                self._guard.reserve(ctx.agent, 1, size)
+            try:
+                self._col.insert_one(doc)
+            except DuplicateKeyError:
+                # The same syscall ran before a crash: its effect (and its quota share) already exists.
+                self._release(ctx.agent, 1, size)
+            except Exception:
+                self._release(ctx.agent, 1, size)
+                raise
         return NoteRef(id=note_id)
 
     def add_many(self, calls: list[tuple[CallContext, MemoryAddArgs]]) -> Sequence[NoteRef | Exception]:
@@ -91,12 +102,19 @@ class MemoryService:
         by_agent: dict[str, list[int]] = {}
         for i, (ctx, _) in enumerate(calls):
             by_agent.setdefault(ctx.agent, []).append(i)
-        for agent, indexes in by_agent.items():
-            sizes = {i: _size(calls[i][1].content) for i in indexes}
-            for i in self._reserve_many(agent, sizes, out):
-                docs.append((i, _note_doc(*calls[i]), sizes[i]))
-        if docs:
-            self._insert_notes(docs)
+        turns = [self._turn(agent) for agent in by_agent]
+        for lock in sorted(set(turns), key=id):  # in one order, so two batches never wait on each other
+            lock.acquire()
+        try:
+            for agent, indexes in by_agent.items():
+                sizes = {i: _size(calls[i][1].content) for i in indexes}
+                for i in self._reserve_many(agent, sizes, out):
+                    docs.append((i, _note_doc(*calls[i]), sizes[i]))
+            if docs:
+                self._insert_notes(docs)
+        finally:
+            for lock in set(turns):
+                lock.release()
         for i, doc, _ in docs:
             out[i] = NoteRef(id=doc["_id"])
         return [o if o is not None else RuntimeError("not served") for o in out]
@@ -145,11 +163,12 @@ class MemoryService:
         """
         if self._guard is None:
             return
-        notes = nbytes = 0
-        for doc in self._col.find({"agent": agent, "deleted": False}, {"content": 1}):
-            notes += 1
-            nbytes += _size(doc["content"])
-        self._guard.recount(agent, notes, nbytes)
+        with self._turn(agent):
+            notes = nbytes = 0
+            for doc in self._col.find({"agent": agent, "deleted": False}, {"content": 1}):
+                notes += 1
+                nbytes += _size(doc["content"])
+            self._guard.recount(agent, notes, nbytes)
 
     def _release(self, agent: str, notes: int, nbytes: int) -> None:
         if self._guard is not None and (notes or nbytes):
@@ -164,6 +183,10 @@ class MemoryService:
 
     def update(self, ctx: CallContext, args: MemoryUpdateArgs) -> Note:
         """``memory.update``."""
+        with self._turn(ctx.agent):
+            return self._update(ctx, args)
+
+    def _update(self, ctx: CallContext, args: MemoryUpdateArgs) -> Note:
         changes: Doc = {k: v for k, v in args.model_dump(exclude={"id"}).items() if v is not None}
         changes["updated_at"] = utcnow()
         query = {"_id": args.id, "agent": ctx.agent, "deleted": False}
@@ -185,6 +208,10 @@ class MemoryService:
 
     def delete(self, ctx: CallContext, args: MemoryDeleteArgs) -> NoteRef:
         """``memory.delete`` (soft: the record stays, marked with the deleting syscall)."""
+        with self._turn(ctx.agent):
+            return self._delete(ctx, args)
+
+    def _delete(self, ctx: CallContext, args: MemoryDeleteArgs) -> NoteRef:
         before = self._col.find_one_and_update(
             {"_id": args.id, "agent": ctx.agent, "deleted": False},
             {"$set": {"deleted": True, "deleted_by": ctx.call_id, "updated_at": utcnow()}},
