@@ -12,8 +12,6 @@ the effect once.
 from __future__ import annotations
 
 import hashlib
-import threading
-import zlib
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -24,6 +22,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 from aiosd.daemon.errors import Denied, NotFound, QuotaExceeded
 from aiosd.daemon.services.context import CallContext
 from aiosd.daemon.services.memory.ranking import rank
+from aiosd.daemon.services.memory.turns import Turns
 from aiosd.daemon.store import DUPLICATE_KEY, Doc
 from aiosd.sdk.protocol import utcnow
 from aiosd.sdk.syscalls import (
@@ -40,8 +39,6 @@ from aiosd.sdk.syscalls import (
 
 #: Upper bound on notes ranked per search; the ranking is done in process.
 SEARCH_SCAN_LIMIT = 5000
-
-_STRIPES = 64
 
 
 class MemoryGuard(Protocol):
@@ -62,12 +59,7 @@ class MemoryService:
     def __init__(self, collection: Collection[Doc], guard: MemoryGuard | None = None) -> None:
         self._col = collection
         self._guard = guard
-        # An agent's quota changes and the note writes they pay for, and its recount, take turns
-        # in this process: a recount never sees a reservation without its note or the reverse.
-        self._locks = [threading.Lock() for _ in range(_STRIPES)]
-
-    def _turn(self, agent: str) -> threading.Lock:
-        return self._locks[zlib.crc32(agent.encode()) % _STRIPES]
+        self._turns = Turns()  # a recount never sees a reservation without its note or the reverse
 
     def _visible(self, reader: str, owner: str) -> bool:
         return reader == owner or (self._guard is not None and self._guard.can_read(reader, owner))
@@ -77,7 +69,7 @@ class MemoryService:
         doc = _note_doc(ctx, args)
         note_id = doc["_id"]
         size = _size(args.content)
-        with self._turn(ctx.agent):
+        with self._turns.writing([ctx.agent]):
             if self._guard is not None:
                 self._guard.reserve(ctx.agent, 1, size)
             try:
@@ -102,19 +94,13 @@ class MemoryService:
         by_agent: dict[str, list[int]] = {}
         for i, (ctx, _) in enumerate(calls):
             by_agent.setdefault(ctx.agent, []).append(i)
-        turns = [self._turn(agent) for agent in by_agent]
-        for lock in sorted(set(turns), key=id):  # in one order, so two batches never wait on each other
-            lock.acquire()
-        try:
+        with self._turns.writing(by_agent):
             for agent, indexes in by_agent.items():
                 sizes = {i: _size(calls[i][1].content) for i in indexes}
                 for i in self._reserve_many(agent, sizes, out):
                     docs.append((i, _note_doc(*calls[i]), sizes[i]))
             if docs:
                 self._insert_notes(docs)
-        finally:
-            for lock in set(turns):
-                lock.release()
         for i, doc, _ in docs:
             out[i] = NoteRef(id=doc["_id"])
         return [o if o is not None else RuntimeError("not served") for o in out]
@@ -163,7 +149,7 @@ class MemoryService:
         """
         if self._guard is None:
             return
-        with self._turn(agent):
+        with self._turns.recounting(agent):
             notes = nbytes = 0
             for doc in self._col.find({"agent": agent, "deleted": False}, {"content": 1}):
                 notes += 1
@@ -183,7 +169,7 @@ class MemoryService:
 
     def update(self, ctx: CallContext, args: MemoryUpdateArgs) -> Note:
         """``memory.update``."""
-        with self._turn(ctx.agent):
+        with self._turns.writing([ctx.agent]):
             return self._update(ctx, args)
 
     def _update(self, ctx: CallContext, args: MemoryUpdateArgs) -> Note:
@@ -208,7 +194,7 @@ class MemoryService:
 
     def delete(self, ctx: CallContext, args: MemoryDeleteArgs) -> NoteRef:
         """``memory.delete`` (soft: the record stays, marked with the deleting syscall)."""
-        with self._turn(ctx.agent):
+        with self._turns.writing([ctx.agent]):
             return self._delete(ctx, args)
 
     def _delete(self, ctx: CallContext, args: MemoryDeleteArgs) -> NoteRef:
