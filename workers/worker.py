@@ -228,10 +228,18 @@ class Worker:
             broker.later(_nothing)
 
     def _flush(self, broker: WorkerBroker) -> None:
-        """Publish finished outcomes in order, committed together; ack each lease after the commit."""
+        """Publish finished outcomes in order, committed together; ack each lease after the commit.
+
+        Until none is left: a call that ends while a batch is committed has its wake-up consumed by the
+        commit's own I/O, and would otherwise wait for the next pump (up to ``PUMP_SECONDS``).
+        """
         self.ledger.collect()
-        if not self.ledger.outbox:
-            return
+        while self.ledger.outbox:
+            self._publish(broker)
+            self.ledger.collect()
+
+    def _publish(self, broker: WorkerBroker) -> None:
+        """Publish the outbox as one committed batch, then ack and forget its leases."""
         batch = list(self.ledger.outbox)
         refused = broker.publish_outcomes(batch)
         for outcome in batch:
