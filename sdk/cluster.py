@@ -1,8 +1,8 @@
 """Messages between the scheduler and its workers (LLM workers and tool runners).
 
-The scheduler publishes a :class:`Lease` to exchange :data:`WORKER_EXCHANGE`
-with the worker's id as routing key; the worker consumes it from its own queue
-(:func:`worker_queue`). Workers publish :class:`Heartbeat`, :class:`Outcome`
+The scheduler publishes a :class:`Lease` (or a :class:`Revoke` of leases it
+takes back) to exchange :data:`WORKER_EXCHANGE` with the worker's id as
+routing key; the worker consumes it from its own queue (:func:`worker_queue`). Workers publish :class:`Heartbeat`, :class:`Outcome`
 and :class:`Goodbye` events to the durable :data:`EVENTS_QUEUE` (through the
 default exchange) with publisher confirms. All bodies are JSON.
 """
@@ -63,6 +63,15 @@ class Lease(_Frozen):
     slice_tokens: int | None = Field(default=None, description="Generate at most this many tokens, then yield.")
     attempt: int = 1
     expires_at: datetime
+
+
+class Revoke(_Frozen):
+    """Leases the scheduler takes back before they finish: the worker stops those calls and reports each
+    ``released`` (unknown or finished leases are ignored), so they run again elsewhere."""
+
+    kind: Literal["revoke"] = "revoke"
+    lease_ids: list[str]
+    reason: str = ""
 
 
 class WorkerState(_Frozen):
@@ -140,5 +149,19 @@ def decode_lease(body: bytes) -> Lease:
     """Parse a lease body; raise :class:`ProtocolError` if it is not one."""
     try:
         return Lease.model_validate_json(body)
+    except ValidationError as exc:
+        raise ProtocolError(ErrorCode.INVALID_REQUEST, describe_validation(exc)) from exc
+
+
+def decode_order(body: bytes) -> Lease | Revoke:
+    """Parse what the scheduler sends a worker (a lease or a revoke); raise :class:`ProtocolError` if neither."""
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(ErrorCode.MALFORMED, f"order is not JSON: {exc}") from exc
+    try:
+        if isinstance(data, dict) and data.get("kind") == "revoke":
+            return Revoke.model_validate(data)
+        return Lease.model_validate(data)
     except ValidationError as exc:
         raise ProtocolError(ErrorCode.INVALID_REQUEST, describe_validation(exc)) from exc

@@ -116,3 +116,56 @@ def test_two_programs_land_on_the_workers_holding_their_prefixes(
         assert all(tokens > 2500 for tokens in cached[name][1:]), cached
     assert [s["requests_finished"] for s in stats] == [STEPS, STEPS]
     assert all(s["cache_hit_rate"] > 0.6 for s in stats), stats
+
+
+def test_an_interactive_call_gets_a_worker_of_its_own(
+    world: World, make_scheduler: Any, simulators: list[str], tmp_path: Path
+) -> None:
+    """Two long batch calls run, one per worker; an interactive call opens the interactive lane: the worker
+    it reserves stops its batch call (revoked, run again on the other worker) and serves the interactive
+    call alone."""
+    make_scheduler(policy="las", routing="cache_aware", interactive_window="30").start()
+    workers = [
+        WorkerProcess(world, tmp_path, worker_id=f"gpu{i}", backend="sglang", backend_url=url, capacity="4")
+        for i, url in enumerate(simulators)
+    ]
+    try:
+        for worker in workers:
+            worker.start()
+        _until(lambda: world.db().workers.count_documents({"alive": True}) == 2, "both workers registered")
+        with Client(world.amqp_url(), timeout=120) as client, ThreadPoolExecutor(2) as pool:
+            batch = [
+                pool.submit(client.request, "llm.chat", _chat(SYSTEMS[name], 600), timeout=120) for name in SYSTEMS
+            ]
+            _until(lambda: [_stats(url)["running"] for url in simulators] == [1, 1], "a batch call on each GPU")
+            started = time.monotonic()
+            interactive = client.request("llm.chat", _chat("You are the help desk.", 16), priority=9, timeout=60)
+            waited = time.monotonic() - started
+            replies = [f.result(120) for f in batch]
+        stats = {f"gpu{i}": _stats(url) for i, url in enumerate(simulators)}
+    finally:
+        for worker in workers:
+            worker.stop()
+    assert interactive.status.value == "ok" and all(r.status.value == "ok" for r in replies)
+    lane = interactive.result["worker"]
+    other = next(w for w in stats if w != lane)
+    assert [r.result["worker"] for r in replies] == [other, other]  # the revoked call ran again there
+    assert stats[lane]["requests_aborted"] == 1 and stats[lane]["requests_finished"] == 1, stats
+    assert stats[other]["requests_aborted"] == 0 and stats[other]["requests_finished"] == 2, stats
+    assert waited < 2.0  # not behind a 600-token answer (3.6 s on its own)
+
+
+def _chat(system: str, output: int) -> dict[str, Any]:
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": f"Go. [[sim:out={output}]]"}]
+    return {"messages": messages, "max_tokens": output + 8, "temperature": 0}
+
+
+def _stats(url: str) -> Any:
+    return httpx.get(f"{url}/sim/stats", timeout=10).json()
+
+
+def _until(check: Any, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.05)

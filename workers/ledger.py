@@ -42,6 +42,8 @@ class Ledger:
         #: The outcome of a call cancelled while it ran (``(lease, worker_id, reason)``).
         self._interrupted = interrupted
         self.held: dict[str, Held] = {}
+        #: Why a lease's call was cancelled, when the scheduler revoked it (else: the worker is stopping).
+        self._reasons: dict[str, str] = {}
         self._finished: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         self.outbox: deque[Outcome] = deque()
 
@@ -52,7 +54,7 @@ class Ledger:
     def finish(self, lease: Lease, future: concurrent.futures.Future[Outcome]) -> None:
         """Done-callback of a call's future (any thread): queue its one outcome."""
         if future.cancelled():
-            outcome = self._interrupted(lease, self.worker_id, STOPPING)
+            outcome = self._interrupted(lease, self.worker_id, self._reasons.pop(lease.lease_id, STOPPING))
         elif (exc := future.exception()) is not None:
             # run_lease reports failures itself; this is a bug in the worker.
             base = {"worker_id": self.worker_id, "lease_id": lease.lease_id, "key": lease.key, "model": ""}
@@ -80,6 +82,23 @@ class Ledger:
     def cancel_all(self) -> int:
         """Cancel every running call; each reports ``released`` through :meth:`finish`."""
         return sum(1 for h in list(self.held.values()) if h.future is not None and h.future.cancel())
+
+    def revoke(self, lease_ids: list[str], reason: str) -> int:
+        """Cancel the running calls of leases the scheduler took back; each reports ``released``.
+
+        Returns how many were stopped (a lease finished or unknown here is left alone).
+        """
+        stopped = 0
+        for lease_id in lease_ids:
+            held = self.held.get(lease_id)
+            if held is None or held.future is None:
+                continue
+            self._reasons[lease_id] = reason or "revoked by the scheduler"  # read by finish, run by cancel()
+            if held.future.cancel():
+                stopped += 1
+            else:
+                self._reasons.pop(lease_id, None)
+        return stopped
 
     def lease_ids(self) -> list[str]:
         """Ids of the held leases, for heartbeats."""

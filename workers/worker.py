@@ -11,7 +11,9 @@ Leases: every delivery is run as it comes, even when its ``expires_at`` has
 already passed. Clocks of different hosts disagree, and only the scheduler
 can tell whether the lease is still current; it drops a stale result. Each
 lease yields exactly one outcome; the delivery is acked only after the
-broker confirmed that outcome.
+broker confirmed that outcome. A revoke (the scheduler takes leases back to
+keep this worker clear for interactive calls) is acked at once; the calls it
+names are cancelled and reported ``released``, to run again elsewhere.
 
 Stop (SIGTERM/SIGINT): cancel the consumer, hand back the leases still
 queued, keep heartbeating (``draining``) while in-flight calls finish, cancel
@@ -26,7 +28,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Protocol
 
-from aiosd.sdk.cluster import Goodbye, Heartbeat, Lease, Outcome, WorkerKind, WorkerState, decode_lease
+from aiosd.sdk.cluster import Goodbye, Heartbeat, Lease, Outcome, Revoke, WorkerKind, WorkerState, decode_order
 from aiosd.sdk.errors import ProtocolError, ServiceUnavailable
 from aiosd.sdk.process import metrics
 from aiosd.sdk.process.lifecycle import Lifecycle
@@ -192,11 +194,14 @@ class Worker:
         broker = self._broker
         assert broker is not None
         try:
-            lease = decode_lease(body)
+            lease = decode_order(body)
         except ProtocolError as exc:
             # Without a valid lease there is nobody to report to; it expires at the scheduler.
             log.error("lease_undecodable", error=exc.message)
             broker.drop(tag)
+            return
+        if isinstance(lease, Revoke):
+            self._revoke(lease, tag, broker)
             return
         if lease.lease_id in self.ledger.held:
             log.warning("lease_duplicate_dropped", lease_id=lease.lease_id)
@@ -219,6 +224,12 @@ class Worker:
             slice_tokens=lease.slice_tokens,
             resumed=lease.resume is not None,
         )
+
+    def _revoke(self, revoke: Revoke, tag: int, broker: WorkerBroker) -> None:
+        """The scheduler took leases back: stop their calls (each reports ``released``)."""
+        broker.ack(tag)
+        stopped = self.ledger.revoke(revoke.lease_ids, revoke.reason)
+        log.info("leases_revoked", leases=len(revoke.lease_ids), stopped=stopped, reason=revoke.reason)
 
     def _finished(self, lease: Lease, future: concurrent.futures.Future[Outcome]) -> None:
         # Runner thread (main thread for a cancel): queue the outcome, wake the main loop.

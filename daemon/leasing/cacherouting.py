@@ -30,17 +30,33 @@ own expected output, the call waits in the queue (keeping its place) for a
 slot there; otherwise — a short prefix, a winner by program or load alone —
 it goes to the best worker with room.
 
+The *interactive lane* (:mod:`.lane`) comes first: while calls of priority
+``interactive_priority`` or more are about (one was queued or leased in the
+last ``interactive_window`` seconds, or one runs), ``interactive_workers``
+workers of each model (never all of them) are reserved: those given the
+fewest prompt tokens to compute lately (each leased prompt's uncached tokens,
+decayed by ``exp(-age / COMPUTING_DECAY)``, in whole blocks: a prefill in
+flight cannot be stopped), then the least loaded. An interactive call
+goes to a reserved worker with a free slot (by the ranking of steps 2-5),
+else by the rule above over every worker; other calls see only the workers
+not reserved, so they neither go to a reserved worker nor wait for one. With
+``interactive_preempt`` the calls a worker holds when it is reserved are
+taken back (:meth:`CacheRouter.preempted`) and run again elsewhere.
+
 Tool calls have no prompt: they go to the least loaded tool runner (by
 fraction of capacity, as the ``affinity`` router of :mod:`.routing` does).
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 
 from aiosd.daemon.leasing.attained import ProgramKey, program_of
 from aiosd.daemon.leasing.fleet import Member, able_workers
+from aiosd.daemon.leasing.lane import Clock, InteractiveLane
 from aiosd.daemon.leasing.prefixes import BLOCK_BYTES, Shape
 from aiosd.daemon.leasing.tuning import CHARS_PER_TOKEN, Tuning, expected_output
 from aiosd.daemon.store import Doc
@@ -49,6 +65,10 @@ from aiosd.daemon.store import Doc
 MAX_REMEMBERED = 10_000
 #: Tokens per named block.
 BLOCK_TOKENS = BLOCK_BYTES // CHARS_PER_TOKEN
+#: Seconds over which a leased prompt's weight as "being computed" falls by a factor e: a GPU prefills a
+#: long prompt (one 8k-token chunk) in a few hundred milliseconds, a prefill in flight cannot be stopped,
+#: and the interactive lane reserves the worker least likely to be in the middle of one.
+COMPUTING_DECAY = 0.5
 
 
 class Picture:
@@ -86,7 +106,7 @@ class Picture:
 class CacheRouter:
     """Picks a worker for each call by cached prefix, program and load; see the module doc."""
 
-    def __init__(self, tuning: Tuning) -> None:
+    def __init__(self, tuning: Tuning, clock: Clock = time.monotonic) -> None:
         self._tuning = tuning
         self._capacity = tuning.route_cache_tokens // BLOCK_TOKENS
         self.pictures: dict[str, Picture] = {}
@@ -96,6 +116,12 @@ class CacheRouter:
         self._loads: dict[str, float] = {}
         #: The cached blocks per worker found for the last call chosen, reused when it is served.
         self._matched: tuple[object, dict[str, int]] = (None, {})
+        self._clock = clock
+        #: Per worker, (when, prompt tokens given to it to compute, decayed by ``COMPUTING_DECAY`` until then).
+        self._computing: dict[str, tuple[float, float]] = {}
+        self._lane = InteractiveLane(tuning, self._busy, clock)
+        #: Models whose non-interactive calls found no worker outside the lane with room, this round.
+        self._no_room: set[object] = set()
 
     def begin(self, members: dict[str, Member]) -> None:
         """Start a dispatch round over ``members``: their loads, and forget what is gone."""
@@ -112,17 +138,36 @@ class CacheRouter:
         for gone in self.pictures.keys() - members.keys():
             del self.pictures[gone]
         self._members = members
+        self._no_room.clear()
+        self._lane.begin(members)
+        for gone in self._computing.keys() - members.keys():
+            del self._computing[gone]
 
     def choose(self, record: Doc, members: dict[str, Member]) -> str | None:
         """The worker to lease ``record`` to now, or ``None``: none can take it, or it waits for its worker."""
-        able = able_workers(record, members)
-        if not able:
-            return None
         if record.get("kind", "llm") != "llm":
-            return min(able, key=lambda wid: (able[wid].load, -able[wid].free, wid))
+            tools = able_workers(record, members)
+            return min(tools, key=lambda wid: (tools[wid].load, -tools[wid].free, wid)) if tools else None
         if members is not self._members:
             self.begin(members)
-        contenders = self._contenders(record, members, able)
+        interactive = self._lane.saw(record)
+        reserved = frozenset[str]() if interactive else self._lane.reserved
+        model = (record.get("args") or {}).get("model")
+        if reserved and model in self._no_room:
+            return None  # slots only fill up within a round: no need to look again
+        able = able_workers(record, members)
+        if interactive:
+            home = [wid for wid in self._lane.reserved if wid in able]
+            if home:
+                return max(home, key=self._ranking(record, home))
+            # Its lane is full (or it has none): the usual rule, over every worker.
+        elif reserved:
+            able = {wid: m for wid, m in able.items() if wid not in reserved}
+            if not able:
+                self._no_room.add(model)
+        if not able:
+            return None
+        contenders = self._contenders(record, members, able, reserved)
         rank = self._ranking(record, contenders)
         best = max(contenders, key=rank)
         if best in able:
@@ -131,11 +176,14 @@ class CacheRouter:
             return None  # its worker is full, not overloaded: the call keeps its place until a slot frees
         return max((wid for wid in contenders if wid in able), key=rank)
 
-    def _contenders(self, record: Doc, members: dict[str, Member], able: dict[str, Member]) -> list[str]:
-        """Workers loaded at most the threshold above the least loaded one with room (full ones included)."""
+    def _contenders(
+        self, record: Doc, members: dict[str, Member], able: dict[str, Member], reserved: frozenset[str]
+    ) -> list[str]:
+        """Workers loaded at most the threshold above the least loaded one with room (full ones included),
+        outside the interactive lane."""
         limit = min(self._loads.get(wid, 0.0) for wid in able) + self._tuning.route_balance_tokens
         serving = able_workers(record, members, with_room=False)
-        return [wid for wid in serving if self._loads.get(wid, 0.0) <= limit]
+        return [wid for wid in serving if self._loads.get(wid, 0.0) <= limit and wid not in reserved]
 
     def _ranking(self, record: Doc, contenders: list[str]) -> Callable[[str], tuple[int, bool, float, int, str]]:
         """Longest cached prefix, then the program's last worker, then least loaded, then fewest blocks held."""
@@ -157,6 +205,7 @@ class CacheRouter:
 
     def served(self, record: Doc, worker: str) -> None:
         """``record`` was leased to ``worker``: count its load there and add its prefix to the picture."""
+        self._lane.leased(record)
         names = _names(record)
         shape = record.get("shape")
         if isinstance(shape, Shape) and record.get("lease"):
@@ -166,6 +215,7 @@ class CacheRouter:
             cost = self._tuning.estimate(shape.prompt_tokens - cached, shape.max_tokens)
             self._outstanding[record["lease"]["id"]] = cost
             self._loads[worker] = self._loads.get(worker, 0.0) + cost
+            self._computed(worker, shape.prompt_tokens - cached)
         if len(names):
             picture = self.pictures.get(worker)
             if picture is None:
@@ -177,6 +227,30 @@ class CacheRouter:
             self._last.move_to_end(program)
             while len(self._last) > MAX_REMEMBERED:
                 self._last.popitem(last=False)
+
+    @property
+    def reserved(self) -> frozenset[str]:
+        """The workers the interactive lane keeps clear of other calls now."""
+        return self._lane.reserved
+
+    def preempted(self) -> dict[str, list[str]]:
+        """Leases to take back, by worker: the other calls on workers the interactive lane just reserved."""
+        return self._lane.revocable(self._members or {})
+
+    def _computed(self, worker: str, tokens: int) -> None:
+        """``worker`` was given ``tokens`` prompt tokens to compute now."""
+        now = self._clock()
+        self._computing[worker] = (now, self._computing_at(worker, now) + tokens)
+
+    def _computing_at(self, worker: str, now: float) -> float:
+        """Prompt tokens given to ``worker``, each weighted by ``exp(-age / COMPUTING_DECAY)``."""
+        since, tokens = self._computing.get(worker, (now, 0.0))
+        return tokens * math.exp(-(now - since) / COMPUTING_DECAY)
+
+    def _busy(self, worker: str) -> tuple[int, float]:
+        """How soon ``worker`` could start on a new call: the prompt blocks it was given to compute lately
+        (decayed; a prefill in flight cannot be stopped), then its outstanding load."""
+        return (int(self._computing_at(worker, self._clock()) // BLOCK_TOKENS), self._loads.get(worker, 0.0))
 
     def _held(self, worker: str) -> int:
         picture = self.pictures.get(worker)

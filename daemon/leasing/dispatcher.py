@@ -3,9 +3,11 @@
 Each round it (1) re-queues calls whose lease expired and those held by
 workers that stopped heartbeating, then (2) leases queued calls, in the
 policy's order, to workers with free capacity — never more than a worker's
-capacity, so the backlog waits in the lease book, not in worker memory. It wakes
-when something changes (a call queued, a worker freed) and at least every
-``IDLE_WAIT`` seconds.
+capacity, so the backlog waits in the lease book, not in worker memory —
+and (3) revokes the leases the router takes back (the other calls on a
+worker it just reserved for interactive calls). It wakes when something
+changes (a call queued, a worker freed) and at least every ``IDLE_WAIT``
+seconds.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from aiosd.daemon.leasing.ordering import Ordering
 from aiosd.daemon.leasing.routing import Routing
 from aiosd.daemon.leasing.work import LeasedWork
 from aiosd.daemon.store import Doc
-from aiosd.sdk.cluster import Lease, Snapshot
+from aiosd.sdk.cluster import Lease, Revoke, Snapshot
 from aiosd.sdk.process.logs import get_logger
 from aiosd.sdk.protocol import ErrorCode, utcnow
 
@@ -123,6 +125,7 @@ class Dispatcher:
                     capped.took(entry["agent"])
         self._book.put_back([e for e in taken if e["state"] == "queued"])
         self._publish(granted)
+        self._revoke(self._router.preempted())
 
     def _grant(self, entry: Doc, worker: str, member: Member) -> bool:
         durable = not self._llm.may_retry(entry)  # an irreversible tool's lease is written before it goes out
@@ -161,6 +164,13 @@ class Dispatcher:
             log.debug(
                 "leased", key=entry["_id"], worker=lease_doc["worker"], lease=lease.lease_id, attempt=lease.attempt
             )
+
+    def _revoke(self, preempted: dict[str, list[str]]) -> None:
+        """Take leases back (their worker was reserved for interactive calls): it stops them, they are queued again."""
+        for worker, lease_ids in preempted.items():
+            revoke = Revoke(lease_ids=lease_ids, reason="the worker is reserved for interactive calls")
+            self._send(worker, revoke.model_dump_json().encode())
+            log.info("leases_revoked", worker=worker, leases=len(lease_ids))
 
     def _unservable(self, entry: Doc, members: dict[str, Member]) -> None:
         if entry["kind"] != "llm":

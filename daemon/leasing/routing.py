@@ -4,7 +4,9 @@ Two routers, chosen by the ``routing`` setting:
 
 - ``cache_aware`` (:class:`~.cacherouting.CacheRouter`, the default): the
   worker with the longest cached prefix of the call's prompt, unless its
-  load exceeds the least loaded worker's by a threshold; see that module.
+  load exceeds the least loaded worker's by a threshold, and an interactive
+  lane (:mod:`.lane`) that keeps workers clear for interactive calls; see
+  that module.
 - ``affinity`` (:class:`Router`): a call whose session, or else system
   prompt, a worker served recently goes back to that worker, whose
   radix/prefix cache already holds the prefix, unless that worker is busier
@@ -41,6 +43,10 @@ class Routing(Protocol):
         """``record`` was leased to ``worker``."""
         ...
 
+    def preempted(self) -> dict[str, list[str]]:
+        """Leases to take back from their workers (revoked), by worker; asked once per dispatch round."""
+        ...
+
 
 class Router:
     """Picks a worker for each call; remembers which worker served which prefix."""
@@ -73,6 +79,10 @@ class Router:
         self._seen.move_to_end(key)
         while len(self._seen) > MAX_REMEMBERED:
             self._seen.popitem(last=False)
+
+    def preempted(self) -> dict[str, list[str]]:
+        """Nothing: this router keeps no worker for interactive calls."""
+        return {}
 
 
 def affinity_key(record: Doc) -> str | None:

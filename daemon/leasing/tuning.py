@@ -1,4 +1,4 @@
-"""The knobs of the program-aware policies and of cache-aware routing, and the service measure they share.
+"""The knobs of the program-aware policies, of cache-aware routing and its interactive lane, and the service measure.
 
 *Service* is what a call cost a GPU, in generated-token units: every generated
 token counts 1 and every prompt token the worker had to compute (not found in
@@ -36,6 +36,10 @@ class Tuning:
     remembered_programs: int = 100_000
     route_balance_tokens: float = 4096.0
     route_cache_tokens: int = 262_144
+    interactive_priority: int = 9
+    interactive_workers: int = 1
+    interactive_window: float = 10.0
+    interactive_preempt: bool = True
 
     @classmethod
     def of(cls, settings: Settings) -> Tuning:
@@ -46,6 +50,10 @@ class Tuning:
             starvation_bound=settings.starvation_bound,
             route_balance_tokens=settings.route_balance_tokens,
             route_cache_tokens=settings.route_cache_tokens,
+            interactive_priority=settings.interactive_priority,
+            interactive_workers=settings.interactive_workers,
+            interactive_window=settings.interactive_window,
+            interactive_preempt=settings.interactive_preempt,
         )
 
     def service(self, usage: Usage) -> float:

@@ -121,6 +121,29 @@ class Settings(BaseSettings):
         description="cache_aware: prompt tokens remembered per worker (about its KV cache), least recently used"
         " forgotten first.",
     )
+    interactive_priority: int = Field(
+        default=9,
+        ge=0,
+        le=9,
+        description="cache_aware: calls of this priority or higher are interactive (they use the interactive lane).",
+    )
+    interactive_workers: int = Field(
+        default=1,
+        ge=0,
+        description="cache_aware: LLM workers per model kept clear of other calls while interactive calls are"
+        " about (never a model's last worker); 0 turns the interactive lane off.",
+    )
+    interactive_window: float = Field(
+        default=10.0,
+        gt=0,
+        description="cache_aware: seconds the interactive lane stays open after an interactive call was last"
+        " queued or leased (and while one runs).",
+    )
+    interactive_preempt: bool = Field(
+        default=True,
+        description="cache_aware: when the interactive lane reserves a worker, the other calls running there are"
+        " handed back and run again on other workers (their partial output is computed again).",
+    )
     # -- worker --
     worker_id: str | None = Field(default=None, max_length=64, description="Defaults to <host>-<pid>.")
     backend: Literal["llamacpp", "openai", "sglang"] = Field(default="llamacpp", description="Worker backend.")
