@@ -22,8 +22,8 @@ has agents to share between), a scheduler and one ``aiosd worker --backend
 sglang`` per simulated GPU; everything is removed at the end.
 
 Times are simulated seconds (wall seconds / ``--time-scale``); ``las`` and
-``fair``'s aging settings are given in simulated seconds and scaled for the
-scheduler, which runs on the wall clock.
+``fair``'s aging settings and the interactive lane's window are given in
+simulated seconds and scaled for the scheduler, which runs on the wall clock.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from types import FrameType
 from typing import Any
 
 from aiosd.sdk.aio import AsyncClient
+from aiosd.sdk.process.settings import Settings
 from aiosd.sdk.protocol import utcnow
 from bench.procstat import CpuMeter, broker_pid, database_pid
 from bench.scratch import Scratch
@@ -72,6 +73,15 @@ def parse() -> argparse.Namespace:
     p.add_argument("--starvation-bound", type=float, default=60.0, help="las/fair bound, simulated s (default 60)")
     p.add_argument("--aging-rate", type=float, default=1000.0, help="las/fair tokens per simulated s (default 1000)")
     p.add_argument("--balance-tokens", type=float, default=None, help="route_balance_tokens (default: the setting's)")
+    p.add_argument(
+        "--interactive-workers", type=int, default=None, help="cache_aware's interactive lane (default: the setting's)"
+    )
+    p.add_argument("--interactive-window", type=float, default=10.0, help="its window, simulated s (default 10)")
+    p.add_argument(
+        "--warm-lane",
+        action="store_true",
+        help="do not wait out the lane's window between workloads ((b) then starts with (b0)'s lane open)",
+    )
     p.add_argument("--only", default="a,b,c", help="workloads to run (default a,b,c)")
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"configurations (default {','.join(CONFIGS)})")
     p.add_argument("--shared-db", action="store_true", help="use the shared database server, not a private one")
@@ -147,9 +157,12 @@ async def run_kernel(
         "starvation_bound": str(args.starvation_bound * args.time_scale),
         "aging_rate": str(args.aging_rate / args.time_scale),
         "route_cache_tokens": str(args.cache_tokens),
+        "interactive_window": str(args.interactive_window * args.time_scale),
     }
     if args.balance_tokens is not None:
         settings["route_balance_tokens"] = str(args.balance_tokens)
+    if args.interactive_workers is not None:
+        settings["interactive_workers"] = str(args.interactive_workers)
     since = utcnow()
     await asyncio.to_thread(kernel.start, policy, routing, sims, args.capacity, **settings)
     await asyncio.to_thread(_wait_for_workers, kernel, len(sims.urls), since)
@@ -161,7 +174,11 @@ async def run_kernel(
     label = f"aiosd {policy}+{routing}"
     out: dict[str, Figures] = {}
     try:
-        for workload, kinds in plan:
+        for n, (workload, kinds) in enumerate(plan):
+            if n and routing == "cache_aware" and not args.warm_lane:
+                # Each workload starts with the interactive lane closed: (b) does not inherit (b0)'s lane,
+                # (c) does not start with a worker kept for interactive calls that never come.
+                await asyncio.sleep(args.interactive_window * args.time_scale + 1.0)
             record, stats = await run_one(config, workload, KernelBackend(clients), sims, args.time_scale, meter)
             out[workload.name] = figures(label, record, stats, args.time_scale, kinds)
     finally:
@@ -211,6 +228,16 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Figures]]) -> 
         rows = [r[name] for r in results.values() if name in r]
         print()
         print(table(titles[name], rows, interactive=name in ("b0", "b")))
+        if name in ("b0", "b"):
+            for f in rows:
+                spread = ", ".join(f"{w} {n}" for w, n in f.interactive_by_worker.items())
+                slowest = ", ".join(
+                    f"{took:.3f} s at {at:.1f} s ({queued:.3f} queued)" for at, took, queued in f.interactive_slowest
+                )
+                print(
+                    f"    {f.config:<22} interactive p99: {f.interactive_queue_p99:.3f} s in aiosd's queue,"
+                    f" {f.interactive_rest_p99:.3f} s the rest; calls per worker: {spread}; slowest: {slowest}"
+                )
         if name == "c":
             for f in rows:
                 kinds = ", ".join(f"{k} {n} x {mean:.1f} s" for k, (n, mean) in f.by_kind.items())
@@ -274,6 +301,13 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
 
+def _lane(args: argparse.Namespace) -> str:
+    workers = args.interactive_workers
+    if workers is None:
+        workers = Settings.model_fields["interactive_workers"].default
+    return f"{workers} worker(s), window {args.interactive_window:g} s" if workers else "off"
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -288,7 +322,8 @@ def main() -> None:
     )
     print(
         f"aiosd      worker capacity {args.capacity}; las/fair starvation bound {args.starvation_bound:g} s,"
-        f" aging rate {args.aging_rate:g} tokens/s (simulated); {os.cpu_count()} CPUs"
+        f" aging rate {args.aging_rate:g} tokens/s (simulated); cache_aware's interactive lane"
+        f" {_lane(args)}; {os.cpu_count()} CPUs"
     )
     base = CpuMeter()
     base.add("client", os.getpid())

@@ -9,10 +9,11 @@ leased LLM call on the hot path, measured with ``time.process_time``::
     .venv/bin/python -m bench.sched.micro --calls 20000
 
 Run it against an older tree (``git worktree add /tmp/old <commit>``) with
-``PYTHONPATH=<dir with aiosd -> that tree>``: only the ``priority`` /
-``affinity`` row exists there (this file adapts to the older signatures).
-The prompts look like agent programs': four system prompts of ~1,500 tokens,
-each call with 0-7 earlier steps of ~500 tokens.
+``PYTHONPATH=<dir with aiosd -> that tree>``: rows of policies that tree
+does not have say so (this file adapts to the older signatures). The prompts look like agent programs': four system prompts of
+~1,500 tokens, each call with 0-7 earlier steps of ~500 tokens. A fifth of
+the calls are priority 9, so ``cache_aware``'s interactive lane, when on, is
+open throughout and one worker of the four takes only those: its worst case.
 """
 
 from __future__ import annotations
@@ -35,7 +36,16 @@ from aiosd.sdk.process.logs import configure_logging
 from aiosd.sdk.protocol import Usage, utcnow
 
 WORKERS, CAPACITY = 4, 32
-CONFIGS = [("priority", "affinity"), ("fifo", "affinity"), ("las", "cache_aware"), ("fair", "cache_aware")]
+#: Policy, router, and (cache_aware) whether its interactive lane is on: a fifth of the calls are priority 9,
+#: so with the lane on it is open throughout and one worker of four takes only those.
+CONFIGS = [
+    ("priority", "affinity", True),
+    ("fifo", "affinity", True),
+    ("las", "cache_aware", False),
+    ("las", "cache_aware", True),
+    ("fair", "cache_aware", False),
+    ("fair", "cache_aware", True),
+]
 
 
 class Records:
@@ -83,14 +93,14 @@ def _records(calls: int, seed: int = 7) -> list[dict[str, Any]]:
     return out
 
 
-def _build(policy: str, routing: str) -> tuple[LeaseBook, Dispatcher, Fleet, Records]:
+def _build(policy: str, routing: str, lane: bool = True) -> tuple[LeaseBook, Dispatcher, Fleet, Records]:
     live = Records()
     ordering = make_ordering(policy, 64)
     if hasattr(ordering, "charge"):
         from aiosd.daemon.leasing.routing import make_router
 
         book = LeaseBook(live, ordering.key, charge=ordering.charge)  # type: ignore[arg-type]
-        router: Any = make_router(routing, 1)
+        router: Any = make_router(routing, 1) if lane else make_router(routing, 1, _no_lane())
     else:  # a tree from before the scheduling hooks and cache-aware routing
         from aiosd.daemon.leasing.routing import Router
 
@@ -104,10 +114,25 @@ def _build(policy: str, routing: str) -> tuple[LeaseBook, Dispatcher, Fleet, Rec
     return book, dispatcher, fleet, live
 
 
-def measure(policy: str, routing: str, calls: int) -> dict[str, float]:
+def _no_lane() -> Any:
+    from aiosd.daemon.leasing.tuning import Tuning
+
+    return Tuning(interactive_workers=0)
+
+
+def _has_lane() -> bool:
+    """Whether this tree's cache_aware router has the interactive lane."""
+    try:
+        from aiosd.daemon.leasing.tuning import Tuning
+    except ImportError:
+        return False
+    return "interactive_workers" in getattr(Tuning, "__dataclass_fields__", {})
+
+
+def measure(policy: str, routing: str, calls: int, lane: bool = True) -> dict[str, float]:
     """CPU microseconds per call of queueing, dispatching and settling ``calls`` calls."""
     records = _records(calls)
-    book, dispatcher, fleet, live = _build(policy, routing)
+    book, dispatcher, fleet, live = _build(policy, routing, lane)
     live.docs.update({r["_id"]: r for r in records})
     cpu = {"queue": 0.0, "dispatch": 0.0, "settle": 0.0}
     start = time.process_time()
@@ -136,17 +161,21 @@ def main() -> None:
     args = parser.parse_args()
     configure_logging("WARNING", "console")
     print(f"{args.calls} calls, {WORKERS} workers x {CAPACITY}; CPU microseconds per call (best of {args.repeat})")
-    print(f"{'policy':<10} {'routing':<12} {'queue':>8} {'dispatch':>9} {'settle':>8} {'total':>8}")
-    for policy, routing in CONFIGS:
+    print(f"{'policy':<10} {'routing':<18} {'queue':>8} {'dispatch':>9} {'settle':>8} {'total':>8}")
+    lanes = _has_lane()
+    for policy, routing, lane in CONFIGS:
+        if routing == "cache_aware" and not lane and not lanes:
+            continue  # a tree without the lane: its cache_aware row is this one
+        label = f"{routing}{' + lane' if lane and lanes and routing == 'cache_aware' else ''}"
         try:
-            runs = [measure(policy, routing, args.calls) for _ in range(args.repeat)]
+            runs = [measure(policy, routing, args.calls, lane) for _ in range(args.repeat)]
         except ValueError as exc:  # a policy this tree does not have
-            print(f"{policy:<10} {routing:<12} ({exc})")
+            print(f"{policy:<10} {label:<18} ({exc})")
             continue
         best = min(runs, key=lambda r: sum(r.values()))
         total = sum(best.values())
         print(
-            f"{policy:<10} {routing:<12} {best['queue']:8.1f} {best['dispatch']:9.1f} {best['settle']:8.1f} {total:8.1f}"
+            f"{policy:<10} {label:<18} {best['queue']:8.1f} {best['dispatch']:9.1f} {best['settle']:8.1f} {total:8.1f}"
         )
 
 

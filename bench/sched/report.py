@@ -25,6 +25,12 @@ class Figures:
     max_queue: float = 0.0
     errors: int = 0
     by_kind: dict[str, tuple[int, float]] = field(default_factory=dict)  # kind -> (programs, mean completion)
+    #: Interactive calls: p99 of their wait in aiosd's queue and of the rest (worker, GPU, transport), by worker.
+    interactive_queue_p99: float = float("nan")
+    interactive_rest_p99: float = float("nan")
+    interactive_by_worker: dict[str, int] = field(default_factory=dict)
+    #: The slowest interactive calls: (start, seconds, of which in aiosd's queue), slowest first.
+    interactive_slowest: list[tuple[float, float, float]] = field(default_factory=list)
 
 
 def figures(config: str, record: RunRecord, stats: list[dict[str, Any]], time_scale: float, kinds: set[str]) -> Figures:
@@ -36,7 +42,9 @@ def figures(config: str, record: RunRecord, stats: list[dict[str, Any]], time_sc
     times = [p.end - p.start for p in done]
     prompt = sum(float(s["prompt_tokens"]) for s in stats)
     cached = sum(float(s["cached_tokens"]) for s in stats)
-    interactive = [c.end - c.start for c in record.calls if c.kind == "interactive"]
+    asked = [c for c in record.calls if c.kind == "interactive"]
+    interactive = [c.end - c.start for c in asked]
+    queued = [c.answer.queue_s / time_scale for c in asked]
     by_kind: dict[str, tuple[int, float]] = {}
     for kind in sorted({p.kind for p in record.programs}):
         spans = [p.end - p.start for p in record.programs if p.kind == kind]
@@ -54,6 +62,14 @@ def figures(config: str, record: RunRecord, stats: list[dict[str, Any]], time_sc
         max_queue=max((c.answer.queue_s for c in record.calls), default=0.0) / time_scale,
         errors=len(record.errors),
         by_kind=by_kind,
+        interactive_queue_p99=percentile(queued, 0.99),
+        interactive_rest_p99=percentile([t - q for t, q in zip(interactive, queued, strict=True)], 0.99),
+        interactive_slowest=sorted(
+            ((c.start, c.end - c.start, c.answer.queue_s / time_scale) for c in asked), key=lambda x: -x[1]
+        )[:3],
+        interactive_by_worker={
+            w: sum(c.answer.worker == w for c in asked) for w in sorted({c.answer.worker for c in asked})
+        },
     )
 
 
