@@ -11,10 +11,9 @@ While it is open:
 
 - ``interactive_workers`` workers of that model are *reserved*: no new
   non-interactive call is leased to them. They are picked when the lane
-  opens, the least busy first
-  (``busy``: the router's measure, see :mod:`.cacherouting`), then by name,
-  and stay the same while it is open; one that leaves (gone, unhealthy,
-  draining) is replaced;
+  opens, the least busy first (``busy``, the router's measure: see
+  :mod:`.cacherouting`), then by name, and stay the same while it is open;
+  one that leaves (gone, unhealthy, draining) is replaced;
 - interactive calls go to a reserved worker with a free slot when there is
   one, else by the router's usual rule;
 - with ``interactive_preempt``, the non-interactive calls a worker holds when
