@@ -2,9 +2,10 @@
 
 The scheduler publishes a :class:`Lease` (or a :class:`Revoke` of leases it
 takes back) to exchange :data:`WORKER_EXCHANGE` with the worker's id as
-routing key; the worker consumes it from its own queue (:func:`worker_queue`). Workers publish :class:`Heartbeat`, :class:`Outcome`
-and :class:`Goodbye` events to the durable :data:`EVENTS_QUEUE` (through the
-default exchange) with publisher confirms. All bodies are JSON.
+routing key; the worker consumes it from its own queue (:func:`worker_queue`).
+Workers publish :class:`Heartbeat`, :class:`Outcome` and :class:`Goodbye`
+events to the durable :data:`EVENTS_QUEUE` (through the default exchange)
+with publisher confirms. All bodies are JSON.
 """
 
 from __future__ import annotations
@@ -141,14 +142,6 @@ def decode_event(body: bytes) -> Heartbeat | Goodbye | Outcome:
         return _EVENT.validate_python(json.loads(body))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(ErrorCode.MALFORMED, f"event is not JSON: {exc}") from exc
-    except ValidationError as exc:
-        raise ProtocolError(ErrorCode.INVALID_REQUEST, describe_validation(exc)) from exc
-
-
-def decode_lease(body: bytes) -> Lease:
-    """Parse a lease body; raise :class:`ProtocolError` if it is not one."""
-    try:
-        return Lease.model_validate_json(body)
     except ValidationError as exc:
         raise ProtocolError(ErrorCode.INVALID_REQUEST, describe_validation(exc)) from exc
 

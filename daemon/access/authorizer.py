@@ -58,9 +58,10 @@ class PolicyLookup:
         """Drop every cached standing if the directory changed since the last refresh."""
         now = self._clock()
         with self._lock:
-            shared = self._read is not None and now - self._read[0] < REVISION_GRACE
-            if shared and self._read is not None:
-                read = self._read[1]
+            latest = self._read
+            shared = latest is not None and now - latest[0] < REVISION_GRACE
+            if latest is not None and shared:
+                read = latest[1]
             else:
                 read = Future()
                 self._read = (now, read)

@@ -29,7 +29,7 @@ import itertools
 import json
 import threading
 import uuid
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -80,7 +80,7 @@ class LeaseBook:
         #: Transitions not written yet, merged into one update per call.
         self._pending: dict[str, Doc] = {}
         #: Live records of calls in flight, with their sizes (see :data:`HOT_BYTES`).
-        self._hot: OrderedDict[str, tuple[Doc, int]] = OrderedDict()
+        self._hot: dict[str, tuple[Doc, int]] = {}
         self._hot_bytes = 0
         #: Hot records whose call had left the book at the last flush (see :meth:`_prune_hot`).
         self._gone: set[str] = set()

@@ -112,11 +112,12 @@ class Completion:
             _observe(reply)
             self.send(env, reply, live=False)
         if len(won) < len(finished):
-            self._send_stored([env for env, _ in finished if all(env is not w for w, _ in won)])
+            winners = {id(env) for env, _ in won}
+            self._send_stored([env for env, _ in finished if id(env) not in winners])
 
     def _send_stored(self, lost: list[Envelope]) -> None:
         """Copies that ran while another copy (elsewhere) committed first: they get its reply."""
-        stored = self._records.lookup([env.key for env in lost])
+        stored = self._records.results_of([env.key for env in lost])
         for env in lost:
             doc = stored.get(env.key)
             if doc is not None and doc.get("reply"):
