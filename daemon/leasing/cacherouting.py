@@ -33,10 +33,17 @@ it goes to the best worker with room.
 The *interactive lane* (:mod:`.lane`) comes first: while calls of priority
 ``interactive_priority`` or more are about (one was queued or leased in the
 last ``interactive_window`` seconds, or one runs), ``interactive_workers``
-workers of each model (never all of them) are reserved: those given the
-fewest prompt tokens to compute lately (each leased prompt's uncached tokens,
-decayed by ``exp(-age / COMPUTING_DECAY)``, in whole blocks: a prefill in
-flight cannot be stopped), then the least loaded. An interactive call
+workers of each model (never all of them) are reserved: those on standby
+(below), else those given the fewest prompt tokens to compute lately (each
+leased prompt's uncached tokens, decayed by ``exp(-age / COMPUTING_DECAY)``,
+in whole blocks: a prefill in flight cannot be stopped), then the least
+loaded. While the lane is closed (once it has been open), the workers it
+would reserve stand by: a
+call with more than ``interactive_standby_tokens`` prompt tokens to compute
+there (beyond the prefix their picture holds) neither goes to them nor waits
+for them, so none of them is in a long prefill when the lane opens. An
+interactive call opens its lane before anything else of its dispatch round
+is placed (:meth:`CacheRouter.expect`). An interactive call
 goes to a reserved worker with a free slot (by the ranking of steps 2-5),
 else by the rule above over every worker; other calls see only the workers
 not reserved, so they neither go to a reserved worker nor wait for one. With
@@ -143,6 +150,13 @@ class CacheRouter:
         for gone in self._computing.keys() - members.keys():
             del self._computing[gone]
 
+    def expect(self, records: list[Doc]) -> None:
+        """The calls this round will place: an interactive one among them opens its lane now, before any call
+        is placed, so that no other call goes to the worker it reserves and its revoke goes out first."""
+        for record in records:
+            if record.get("kind", "llm") == "llm" and self._lane.interactive(record):
+                self._lane.saw(record)
+
     def choose(self, record: Doc, members: dict[str, Member]) -> str | None:
         """The worker to lease ``record`` to now, or ``None``: none can take it, or it waits for its worker."""
         if record.get("kind", "llm") != "llm":
@@ -165,9 +179,11 @@ class CacheRouter:
             able = {wid: m for wid, m in able.items() if wid not in reserved}
             if not able:
                 self._no_room.add(model)
+        barred = reserved if interactive else reserved | self._heavy_for_standby(record)
+        able = {wid: m for wid, m in able.items() if wid not in barred}
         if not able:
             return None
-        contenders = self._contenders(record, members, able, reserved)
+        contenders = self._contenders(record, members, able, barred)
         rank = self._ranking(record, contenders)
         best = max(contenders, key=rank)
         if best in able:
@@ -194,6 +210,19 @@ class CacheRouter:
         last = self._last.get(program) if program is not None else None
         loads = self._loads
         return lambda wid: (matched[wid], wid == last, -loads.get(wid, 0.0), -self._held(wid), wid)
+
+    def _heavy_for_standby(self, record: Doc) -> frozenset[str]:
+        """The workers on standby for the interactive lane on which ``record`` has more prompt tokens to compute
+        than ``interactive_standby_tokens``."""
+        standby = self._lane.standby
+        shape = record.get("shape")
+        if not standby or not isinstance(shape, Shape):
+            return frozenset()
+        limit = self._tuning.interactive_standby_tokens
+        if shape.prompt_tokens <= limit:
+            return frozenset()
+        names = _names(record)
+        return frozenset(wid for wid in standby if shape.prompt_tokens - self._match(wid, names) * BLOCK_TOKENS > limit)
 
     def _worth_waiting(self, record: Doc, blocks: int) -> bool:
         """Whether the prefix cached on a full worker costs more to recompute than the call's own output."""

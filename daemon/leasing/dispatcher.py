@@ -1,13 +1,16 @@
 """The dispatcher thread: admission, leasing, lease expiry and dead workers.
 
 Each round it (1) re-queues calls whose lease expired and those held by
-workers that stopped heartbeating, then (2) leases queued calls, in the
-policy's order, to workers with free capacity — never more than a worker's
-capacity, so the backlog waits in the lease book, not in worker memory —
-and (3) revokes the leases the router takes back (the other calls on a
-worker it just reserved for interactive calls). It wakes when something
-changes (a call queued, a worker freed) and at least every ``IDLE_WAIT``
-seconds.
+workers that stopped heartbeating, then (2) revokes the leases the router
+takes back (the other calls on a worker it just reserved for interactive
+calls: an interactive call among the round's calls reserves it before any
+call is placed), whose slots are free at once, and (3) leases queued calls,
+in the policy's order, to workers with free capacity — never more than a
+worker's capacity, so the backlog waits in the lease book, not in worker
+memory. With no free slot it still looks at the head of the queue, so an
+interactive call there reserves its worker and is leased in the same round.
+It wakes when something changes (a call queued, a worker freed) and at least
+every ``IDLE_WAIT`` seconds.
 """
 
 from __future__ import annotations
@@ -95,12 +98,15 @@ class Dispatcher:
     def _lease(self) -> None:
         members = self._llm.fleet.snapshot()
         free = sum(m.free for m in members.values())
-        if free == 0:
-            return
-        taken = self._book.take(max(free * WINDOW_PER_SLOT, MIN_WINDOW))
+        # With no free slot, the head of the queue is still looked at: an interactive call there opens its
+        # lane now, and the slots its revokes free are its own.
+        taken = self._book.take(max(free * WINDOW_PER_SLOT, MIN_WINDOW) if free else 1)
         if not taken:
             return
         self._router.begin(members)
+        self._router.expect(taken)
+        # Before any lease of this round: a worker gets its revoke ahead of the interactive call leased to it.
+        free += self._revoke(self._router.preempted(), members)
         # The live records must say what the book says (a session's prompt) before they are read.
         self._book.flush()
         caps = self._caps.begin() if self._caps is not None else None
@@ -125,7 +131,7 @@ class Dispatcher:
                     capped.took(entry["agent"])
         self._book.put_back([e for e in taken if e["state"] == "queued"])
         self._publish(granted)
-        self._revoke(self._router.preempted())
+        self._revoke(self._router.preempted(), members)  # workers reserved during the round (none, usually)
 
     def _grant(self, entry: Doc, worker: str, member: Member) -> bool:
         durable = not self._llm.may_retry(entry)  # an irreversible tool's lease is written before it goes out
@@ -165,12 +171,25 @@ class Dispatcher:
                 "leased", key=entry["_id"], worker=lease_doc["worker"], lease=lease.lease_id, attempt=lease.attempt
             )
 
-    def _revoke(self, preempted: dict[str, list[str]]) -> None:
-        """Take leases back (their worker was reserved for interactive calls): it stops them, they are queued again."""
+    def _revoke(self, preempted: dict[str, list[str]], members: dict[str, Member]) -> int:
+        """Take leases back (their worker was reserved for interactive calls): it stops them, they are queued again.
+
+        Their slots are free at once (the worker receives the revoke before any later lease), so an interactive
+        call need not wait for the ``released`` outcomes; each call stays leased in the book until its outcome
+        comes. Returns the number of slots freed.
+        """
+        freed = 0
         for worker, lease_ids in preempted.items():
             revoke = Revoke(lease_ids=lease_ids, reason="the worker is reserved for interactive calls")
             self._send(worker, revoke.model_dump_json().encode())
             log.info("leases_revoked", worker=worker, leases=len(lease_ids))
+            member = members.get(worker)
+            for lease_id in lease_ids:
+                self._llm.fleet.release(worker, lease_id)
+                if member is not None and lease_id in member.leases:
+                    member.leases.discard(lease_id)
+                    freed += 1
+        return freed
 
     def _unservable(self, entry: Doc, members: dict[str, Member]) -> None:
         if entry["kind"] != "llm":

@@ -22,11 +22,21 @@ While it is open:
   it they finish there, and the interactive calls that come meanwhile share
   the GPU with them.
 
+Once it has been open, while it is closed, the workers it would reserve are
+on *standby*: the ones it had reserved last (they ran only interactive
+calls), else the least busy. A worker on standby still serves the batch, but with
+``interactive_standby_tokens`` only calls with at most that many prompt
+tokens to compute (the router's estimate, :mod:`.cacherouting`): a GPU cannot
+stop a prefill in flight, so the first interactive call after the lane opens
+would otherwise wait for a long one (a 6,000-token prompt is a quarter of a
+second on an H100) before its own prefill starts.
+
 At least one worker of each model is never reserved (a fleet of one worker
 behaves as without the lane), and with no interactive call in the window
 every worker serves the batch. ``interactive_workers = 0`` turns it off.
 The work per call is constant: a look-up of the call's priority and model,
-and a set of reserved workers recomputed once per dispatch round.
+and the sets of reserved and standby workers recomputed once per dispatch
+round.
 """
 
 from __future__ import annotations
@@ -49,6 +59,8 @@ class InteractiveLane:
         self._wanted = tuning.interactive_workers
         self._window = tuning.interactive_window
         self._preempt = tuning.interactive_preempt
+        #: Whether workers on standby are kept clear of long prefills (else the lane takes the least busy).
+        self._guarded = tuning.interactive_standby_tokens > 0
         self._busy = busy
         self._clock = clock
         #: Model -> when an interactive call for it was last seen (monotonic seconds).
@@ -60,8 +72,12 @@ class InteractiveLane:
         self._groups: dict[str, list[str]] = {}
         #: Workers reserved since :meth:`revocable` was last asked.
         self._fresh: set[str] = set()
+        #: Model -> the workers its lane would reserve, while it is closed.
+        self._standby: dict[str, list[str]] = {}
         #: Every reserved worker, of every model.
         self.reserved: frozenset[str] = frozenset()
+        #: Every worker on standby (its model's lane closed), of every model.
+        self.standby: frozenset[str] = frozenset()
 
     def interactive(self, record: Doc) -> bool:
         """Whether ``record`` is an interactive LLM call (and the lane is on)."""
@@ -80,9 +96,14 @@ class InteractiveLane:
                 del self._running[lease]
         for model in list(self._lanes):
             if now - self._seen.get(model, float("-inf")) > self._window:
-                del self._lanes[model]
+                standby = self._lanes.pop(model)  # they ran only interactive calls: next in line
+                if self._guarded:
+                    self._standby[model] = standby
             else:
-                self._staff(model)
+                self._lanes[model] = self._staffed(model, self._lanes[model])
+        if self._guarded:  # models that had interactive calls: a fleet that never gets any pays nothing
+            for model in self._seen.keys() & self._groups.keys() - self._lanes.keys():
+                self._standby[model] = self._staffed(model, self._standby.get(model, []))
         self._publish()
 
     def saw(self, record: Doc) -> bool:
@@ -119,22 +140,27 @@ class InteractiveLane:
         for model in models:
             self._seen[model] = now
             if model not in self._lanes:
-                self._lanes[model] = []
-                self._staff(model)
+                # The workers on standby first: they were kept clear of long prefills for this moment.
+                self._lanes[model] = self._staffed(model, self._standby.pop(model, []))
+                self._fresh.update(self._lanes[model])
                 opened = True
         return opened
 
-    def _staff(self, model: str) -> None:
-        """Keep ``model``'s reserved workers serving, topped up to the number wanted, never all of them."""
+    def _staffed(self, model: str, current: list[str]) -> list[str]:
+        """``current`` workers still serving ``model``, topped up to the number wanted, never all of them.
+
+        A worker added to an open lane is newly reserved (:meth:`revocable` takes its calls back).
+        """
         serving = self._groups.get(model, [])
-        keep = [wid for wid in self._lanes[model] if wid in serving]
+        keep = [wid for wid in current if wid in serving]
         limit = max(min(self._wanted, len(serving) - 1), 0)
-        if len(keep) >= limit:  # the usual case, every round while it is open
-            self._lanes[model] = keep[:limit]
-            return
+        if len(keep) >= limit:  # the usual case, every round
+            return keep[:limit]
         spare = sorted((wid for wid in serving if wid not in keep), key=lambda wid: (self._busy(wid), wid))
-        self._lanes[model] = (keep + spare)[:limit]
-        self._fresh.update(self._lanes[model][len(keep) :])
+        staff = (keep + spare)[:limit]
+        if model in self._lanes:
+            self._fresh.update(staff[len(keep) :])
+        return staff
 
     def _models_of(self, record: Doc) -> tuple[str, ...]:
         """The models whose workers could serve ``record``: its own, or every one when it names none."""
@@ -145,6 +171,7 @@ class InteractiveLane:
 
     def _publish(self) -> None:
         self.reserved = frozenset(wid for workers in self._lanes.values() for wid in workers)
+        self.standby = frozenset(wid for workers in self._standby.values() for wid in workers) - self.reserved
 
 
 def _serving_groups(members: dict[str, Member]) -> dict[str, list[str]]:

@@ -35,6 +35,10 @@ class Routing(Protocol):
         """A dispatch round over ``members`` starts."""
         ...
 
+    def expect(self, records: list[Doc]) -> None:
+        """The calls this round will place (after :meth:`begin`, before any :meth:`choose`)."""
+        ...
+
     def choose(self, record: Doc, members: dict[str, Member]) -> str | None:
         """The worker to lease ``record`` to, or ``None`` if none can take it."""
         ...
@@ -57,6 +61,9 @@ class Router:
 
     def begin(self, members: dict[str, Member]) -> None:
         """Nothing to prepare: loads are counted in calls, read from ``members``."""
+
+    def expect(self, records: list[Doc]) -> None:
+        """Nothing to prepare."""
 
     def choose(self, record: Doc, members: dict[str, Member]) -> str | None:
         """The worker to lease ``record`` to, or ``None`` if none can take it."""

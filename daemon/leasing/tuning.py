@@ -40,6 +40,7 @@ class Tuning:
     interactive_workers: int = 1
     interactive_window: float = 10.0
     interactive_preempt: bool = True
+    interactive_standby_tokens: int = 1024
 
     @classmethod
     def of(cls, settings: Settings) -> Tuning:
@@ -54,6 +55,7 @@ class Tuning:
             interactive_workers=settings.interactive_workers,
             interactive_window=settings.interactive_window,
             interactive_preempt=settings.interactive_preempt,
+            interactive_standby_tokens=settings.interactive_standby_tokens,
         )
 
     def service(self, usage: Usage) -> float:

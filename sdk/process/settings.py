@@ -144,6 +144,13 @@ class Settings(BaseSettings):
         description="cache_aware: when the interactive lane reserves a worker, the other calls running there are"
         " handed back and run again on other workers (their partial output is computed again).",
     )
+    interactive_standby_tokens: int = Field(
+        default=1024,
+        ge=0,
+        description="cache_aware: while the interactive lane is closed, the workers it would reserve take only"
+        " calls with at most this many prompt tokens to compute, so an interactive call does not wait for a long"
+        " prefill when it opens; 0 turns this off.",
+    )
     # -- worker --
     worker_id: str | None = Field(default=None, max_length=64, description="Defaults to <host>-<pid>.")
     backend: Literal["llamacpp", "openai", "sglang"] = Field(default="llamacpp", description="Worker backend.")

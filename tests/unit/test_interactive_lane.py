@@ -2,16 +2,40 @@
 
 from __future__ import annotations
 
+import json
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
+from aiosd.daemon.leasing.book import LeaseBook
 from aiosd.daemon.leasing.cacherouting import CacheRouter
-from aiosd.daemon.leasing.fleet import Member
+from aiosd.daemon.leasing.dispatcher import Dispatcher
+from aiosd.daemon.leasing.fleet import Fleet, Member
+from aiosd.daemon.leasing.ordering import make_ordering
 from aiosd.daemon.leasing.prefixes import shape_of
 from aiosd.daemon.leasing.tuning import Tuning
+from aiosd.daemon.leasing.work import LeasedWork
 from aiosd.sdk.cluster import WorkerState
+from aiosd.sdk.protocol import utcnow
 
 SYSTEM = "You summarise records for the nightly report. " * 150  # ~7,000 characters: a cached prefix
-TUNING = Tuning(route_balance_tokens=1e9, route_cache_tokens=100_000, interactive_workers=1, interactive_window=10.0)
+#: The lane alone (no standby): it reserves the least busy worker when it opens.
+TUNING = Tuning(
+    route_balance_tokens=1e9,
+    route_cache_tokens=100_000,
+    interactive_workers=1,
+    interactive_window=10.0,
+    interactive_standby_tokens=0,
+)
+#: With a standby: while the lane is closed, the worker next in line takes only calls with little to compute.
+STANDBY = Tuning(
+    route_balance_tokens=1e9,
+    route_cache_tokens=100_000,
+    interactive_workers=1,
+    interactive_window=10.0,
+    interactive_standby_tokens=1024,
+)
 
 
 class Clock:
@@ -256,7 +280,7 @@ def test_the_other_calls_on_a_newly_reserved_worker_are_taken_back_once() -> Non
 
 
 def test_without_preemption_nothing_is_taken_back() -> None:
-    tuning = Tuning(route_cache_tokens=100_000, interactive_preempt=False)
+    tuning = Tuning(route_cache_tokens=100_000, interactive_preempt=False, interactive_standby_tokens=0)
     router, _ = _router(tuning)
     members = _members("w1", "w2")
     router.begin(members)
@@ -264,3 +288,125 @@ def test_without_preemption_nothing_is_taken_back() -> None:
     _lease(router, _call("b2", system="batch type 2 " * 400), members)
     _lease(router, _call("i1", priority=9), members)
     assert router.reserved and router.preempted() == {}
+
+
+def _closed_after_use(router: CacheRouter, clock: Clock, members: dict[str, Member]) -> str:
+    """Open the lane with one interactive call, let it close; the worker on standby."""
+    router.begin(members)
+    assert not router._lane.standby  # no interactive call yet: nothing stands by
+    _lease(router, _call("i0", priority=9), members)
+    _settle(members, "i0")
+    clock.now += 11.0
+    router.begin(members)
+    [standby] = router._lane.standby
+    return standby
+
+
+def test_while_the_lane_is_closed_the_worker_next_in_line_takes_only_calls_with_little_to_compute() -> None:
+    router, clock = _router(STANDBY)
+    members = _members("w1", "w2", "w3", capacity=16)
+    standby = _closed_after_use(router, clock, members)
+    long = [_call(f"long{n}", system=f"agent type {n} " * 800) for n in range(6)]  # ~2,800 tokens each
+    assert standby not in {_lease(router, call, members) for call in long}
+    # A short prompt goes there, and so does a long one whose prefix it holds (little left to compute).
+    assert _lease(router, _call("short", system="a short desk prompt"), members) == standby
+    router.served(_call("warm", system="agent type 9 " * 800), standby)
+    assert _lease(router, _call("cached", system="agent type 9 " * 800), members) == standby
+    # Its lane opens on it: nothing long is in flight there.
+    assert _lease(router, _call("i1", priority=9), members) == standby
+    assert router.reserved == {standby} and not router._lane.standby
+    assert sorted(router.preempted()[standby]) == ["lease-cached", "lease-short"]
+
+
+def test_a_long_call_waits_rather_than_take_the_standby_worker_and_nothing_else_changes_without_one() -> None:
+    router, clock = _router(STANDBY)
+    members = _members("w1", "w2", capacity=1)
+    standby = _closed_after_use(router, clock, members)
+    other = next(w for w in members if w != standby)
+    assert _lease(router, _call("long1", system="agent type 1 " * 800), members) == other
+    assert router.choose(_call("long2", system="agent type 2 " * 800), members) is None
+    assert router.choose(_call("short", system="a short desk prompt"), members) == standby
+    router, _ = _router(TUNING)  # no standby: every worker takes every call
+    members = _members("w1", "w2", capacity=1)
+    router.begin(members)
+    assert not router._lane.standby
+    placed = {_lease(router, _call(f"long{n}", system=f"agent type {n} " * 800), members) for n in range(2)}
+    assert placed == {"w1", "w2"}
+
+
+def test_when_the_lane_closes_its_worker_is_next_in_line() -> None:
+    router, clock = _router(STANDBY)
+    members = _members("w1", "w2", "w3", capacity=16)
+    first = _closed_after_use(router, clock, members)
+    assert _lease(router, _call("i1", priority=9), members) == first
+    _settle(members, "i1")
+    clock.now += 5.0
+    router.begin(members)
+    assert router.reserved == {first} and not router._lane.standby
+    clock.now += 6.0
+    router.begin(members)  # closed: the worker that ran only interactive calls stands by
+    assert not router.reserved and router._lane.standby == {first}
+    members.pop(first)  # it leaves: another takes its place
+    router.begin(members)
+    assert len(router._lane.standby) == 1 and first not in router._lane.standby
+
+
+def test_expected_interactive_calls_open_the_lane_before_any_call_is_placed() -> None:
+    router, _ = _router(TUNING)
+    members = _members("w1", "w2", capacity=16)
+    router.begin(members)
+    batch, interactive = _call("b1"), _call("i1", priority=9)
+    router.expect([batch, interactive])  # in fifo order the batch call comes first
+    lane = next(iter(router.reserved))
+    assert _lease(router, batch, members) != lane
+    assert _lease(router, interactive, members) == lane
+
+
+class _Records:
+    """Enough of a pymongo collection for the book and the fleet: live records by key, writes dropped."""
+
+    def __init__(self) -> None:
+        self.docs: dict[str, dict[str, Any]] = {}
+
+    def find(self, query: dict[str, Any], *_: Any) -> Iterator[dict[str, Any]]:
+        return iter([self.docs[k] for k in query.get("_id", {}).get("$in", []) if k in self.docs])
+
+    def bulk_write(self, *_: Any, **__: Any) -> None: ...
+
+    def replace_one(self, *_: Any, **__: Any) -> None: ...
+
+    def update_one(self, *_: Any, **__: Any) -> None: ...
+
+
+def test_an_interactive_call_is_leased_in_the_round_its_lane_opens_behind_the_revoke_even_on_a_full_fleet() -> None:
+    live = _Records()
+    ordering = make_ordering("las", 64, TUNING)
+    book = LeaseBook(live, ordering.key)  # type: ignore[arg-type]
+    fleet = Fleet(live, timeout=1e9)  # type: ignore[arg-type]
+    for name in ("w1", "w2"):
+        fleet.heartbeat(WorkerState(worker_id=name, host="h", backend="b", model="m", capacity=2))
+    wake = threading.Event()
+    work = LeasedWork(book, fleet, live, None, lambda _: None, wake, lease_ttl=30, max_attempts=3)  # type: ignore[arg-type]
+    sent: list[tuple[str, dict[str, Any]]] = []
+    dispatcher = Dispatcher(
+        work, ordering, CacheRouter(TUNING), lambda w, body: sent.append((w, json.loads(body))), wake, lease_ttl=30
+    )
+
+    def queue(key: str, priority: int, n: int) -> None:
+        messages = [{"role": "user", "content": f"call {key} " * 50}]
+        record = {"_id": key, "id": key, "agent": "a", "syscall": "llm.chat", "args": {"messages": messages}}
+        record.update(priority=priority, program=None, queued_at=utcnow() + timedelta(microseconds=n))
+        live.docs[key] = record
+        book.enqueue(record, live=record)
+
+    for n in range(5):
+        queue(f"b{n}", 0, n)
+    dispatcher.round()
+    assert len(sent) == 4 and all(worker == "w1" or worker == "w2" for worker, _ in sent)  # full: b4 waits
+    sent.clear()
+    queue("i1", 9, 9)
+    dispatcher.round()
+    (worker, revoke), (again, lease) = sent
+    assert revoke["kind"] == "revoke" and len(revoke["lease_ids"]) == 2
+    assert (again, lease["key"]) == (worker, "i1")  # the revoke first, then the call, to the same worker
+    assert fleet.snapshot()[worker].leases == {lease["lease_id"]}  # the revoked slots were freed at once
