@@ -19,7 +19,15 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from aiosd.daemon.access.counters import Counters, Window, period_amounts, period_window, rate_window
+from aiosd.daemon.access.allowance import Allowances, Counter
+from aiosd.daemon.access.counters import (
+    PERIOD_FIELDS,
+    Counters,
+    Window,
+    period_amounts,
+    period_window,
+    rate_window,
+)
 from aiosd.daemon.access.directory import REVISION_GRACE, Directory, Standing
 from aiosd.daemon.access.policy import Policy, resource_of
 from aiosd.daemon.errors import DaemonError
@@ -79,6 +87,12 @@ class PolicyLookup:
                 self._cache.clear()
                 self._revision = revision
 
+    @property
+    def revision(self) -> int | None:
+        """The directory's revision as of the last :meth:`refresh` (``None`` before the first)."""
+        with self._lock:
+            return self._revision
+
     def is_operator(self, agent: str) -> bool:
         """Whether ``agent`` is a trusted name (the scheduler's own broker user): it may act on any batch."""
         return agent in self._trusted
@@ -107,20 +121,44 @@ Refusal = tuple[ErrorCode, str]
 
 
 class Meter:
-    """Rate limit and per-period quotas on the atomic counters."""
+    """Rate limit and per-period quotas on the atomic counters.
 
-    def __init__(self, counters: Counters, policies: PolicyLookup) -> None:
+    Request counts go through :class:`~aiosd.daemon.access.allowance.Allowances`
+    (taken ahead in blocks while an agent's calls come quickly), except for a
+    batch that must read the period's token count: LLM calls of an agent with
+    a token quota, counted with one write that returns the document.
+    """
+
+    def __init__(self, counters: Counters, policies: PolicyLookup, allowances: Allowances | None = None) -> None:
         self._counters = counters
         self._policies = policies
+        self._allowances = allowances or Allowances(counters)
         self._charges: dict[str, tuple[Usage, int]] = {}
         self._charges_lock = threading.Lock()
+        self._revision: int | None = None
+        self._revision_lock = threading.Lock()
 
     def admit_many(self, agent: str, policy: Policy, syscalls: list[str]) -> list[Refusal | None]:
-        """Count a batch of one agent's requests with one write per counter.
+        """Count a batch of one agent's requests with at most one write per counter.
 
         If the whole batch does not fit a limit, its requests are counted one
         by one instead, so exactly as many are admitted as the limits allow.
         """
+        if policy.tokens_per_period is not None and any(served_by(s) == "llm" for s in syscalls):
+            return self._admit_reading_tokens(agent, policy, syscalls)
+        n = len(syscalls)
+        rate = _rate_counter(agent, policy)
+        if rate is not None and not self._allowances.take(rate, n, _rate_limit(policy)):
+            return [_rate_refusal(policy)] if n == 1 else self._one_by_one(agent, policy, syscalls)
+        period = _period_counter(agent, policy)
+        if not self._allowances.take(period, n, policy.requests_per_period):
+            if rate is not None:
+                self._allowances.give(rate, n, _rate_limit(policy))
+            return [_request_refusal(policy)] if n == 1 else self._one_by_one(agent, policy, syscalls)
+        return [None] * n
+
+    def _admit_reading_tokens(self, agent: str, policy: Policy, syscalls: list[str]) -> list[Refusal | None]:
+        """Count a batch with one write per counter, the period's read back for its token count."""
         n = len(syscalls)
         rate = self._take_rate(agent, policy, n)
         if isinstance(rate, tuple):
@@ -134,10 +172,7 @@ class Meter:
         )
         if doc is None:
             self._give_back(rate, None, n)
-            if n > 1:
-                return self._one_by_one(agent, policy, syscalls)
-            quota = policy.requests_per_period
-            return [(ErrorCode.QUOTA_EXCEEDED, f"request quota of {quota} per {policy.quota_period} is used up")]
+            return [_request_refusal(policy)] if n == 1 else self._one_by_one(agent, policy, syscalls)
         quota = policy.tokens_per_period
         over = quota is not None and _tokens(doc) >= quota
         out: list[Refusal | None] = [
@@ -156,6 +191,25 @@ class Meter:
 
     def _one_by_one(self, agent: str, policy: Policy, syscalls: list[str]) -> list[Refusal | None]:
         return [self.admit_many(agent, policy, [s])[0] for s in syscalls]
+
+    def observe(self, revision: int | None) -> None:
+        """The directory's revision before a batch is admitted: a change gives back every block first.
+
+        A block was reserved under the old policy's limits; the new ones must
+        see only the calls really admitted.
+        """
+        with self._revision_lock:
+            if revision == self._revision:
+                return
+            first = self._revision is None
+            self._revision = revision
+            if not first:
+                self._allowances.settle(everything=True)
+
+    def settle(self, everything: bool = False) -> None:
+        """The periodic job: write counted tokens and request counts, give back idle blocks."""
+        self.flush_charges()
+        self._allowances.settle(everything)
 
     def charge_tokens(self, agent: str, usage: Usage, calls: int = 1) -> None:
         """Count the tokens of ``calls`` finished LLM calls; written by :meth:`flush_charges`.
@@ -192,11 +246,7 @@ class Meter:
             window.key, {"requests": n}, {"requests": limit.requests}, _extra(agent, "rate", window)
         ):
             return window
-        wait = max(window.expires_at.timestamp() - limit.seconds - utcnow().timestamp(), 0.0)
-        return (
-            ErrorCode.RATE_LIMITED,
-            f"rate limit of {limit.requests} requests per {limit.seconds}s reached; retry in {wait:.1f}s",
-        )
+        return _rate_refusal(policy)
 
     def _give_back(self, rate: Window | None, period: Window | None, n: int = 1) -> None:
         # A refused request does not count against the limits it passed.
@@ -204,6 +254,38 @@ class Meter:
             self._counters.add(rate.key, {"requests": -n}, {})
         if period is not None:
             self._counters.add(period.key, period_amounts(requests=-n), {})
+
+
+def _rate_limit(policy: Policy) -> int | None:
+    return policy.rate_limit.requests if policy.rate_limit is not None else None
+
+
+def _rate_counter(agent: str, policy: Policy) -> Counter | None:
+    if policy.rate_limit is None:
+        return None
+    window = rate_window(agent, policy.rate_limit.seconds)
+    return Counter(window.key, "requests", ("requests",), _extra(agent, "rate", window))
+
+
+def _period_counter(agent: str, policy: Policy) -> Counter:
+    window = period_window(agent, policy.quota_period)
+    return Counter(window.key, "requests", PERIOD_FIELDS, _extra(agent, "period", window))
+
+
+def _rate_refusal(policy: Policy) -> Refusal:
+    limit = policy.rate_limit
+    assert limit is not None
+    window = rate_window("", limit.seconds)
+    wait = max(window.expires_at.timestamp() - limit.seconds - utcnow().timestamp(), 0.0)
+    return (
+        ErrorCode.RATE_LIMITED,
+        f"rate limit of {limit.requests} requests per {limit.seconds}s reached; retry in {wait:.1f}s",
+    )
+
+
+def _request_refusal(policy: Policy) -> Refusal:
+    quota = policy.requests_per_period
+    return (ErrorCode.QUOTA_EXCEEDED, f"request quota of {quota} per {policy.quota_period} is used up")
 
 
 #: ``(syscall, args) -> True`` when a call waits for a human whatever the policy says (irreversible tools).
@@ -258,6 +340,7 @@ class PolicyAuthorizer:
         operator's change applies to the next syscall.
         """
         self._policies.refresh()
+        self._meter.observe(self._policies.revision)
         self._meter.flush_charges()  # tokens of calls answered so far count before the next admission
         verdicts: list[Admission | Refused | None] = [None] * len(asks)
         metered: dict[str, tuple[Standing, list[int]]] = {}

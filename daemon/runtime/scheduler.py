@@ -170,7 +170,7 @@ class Scheduler:
             self._retire_sent()
             self._write_book()
             self._advance_audit_head()
-            self._charge_tokens()
+            self._settle_counts()
             self._say_goodbye()
             self.store.close()
         log.info("scheduler_stopped", unfinished=self.inflight)
@@ -272,11 +272,11 @@ class Scheduler:
         except Exception as exc:  # a hint only: the next writer walks forward from an older head
             log.warning("audit_head_write_failed", error=repr(exc))
 
-    def _charge_tokens(self) -> None:
+    def _settle_counts(self) -> None:
         try:
-            self.graph.meter.flush_charges()
-        except Exception as exc:  # tokens of calls that finished just now: the quota undercounts them
-            log.warning("token_charges_lost", error=repr(exc))
+            self.graph.meter.settle(everything=True)
+        except Exception as exc:  # counts of calls just finished or admitted: the quota undercounts them
+            log.warning("counts_lost", error=repr(exc))
 
     def _metrics_on(self) -> None:
         """Serve the scheduler's metrics; the gauges read the lease book, task leases and audit chain when scraped."""

@@ -60,7 +60,8 @@ ORPHAN_INTERVAL = 600.0
 PRUNE_INTERVAL = 60.0
 #: Seconds a sent reply's live record may wait to be retired with others.
 RETIRE_INTERVAL = 0.25
-#: Seconds finished LLM calls' tokens may wait to be charged to their agents' quotas together.
+#: Seconds finished LLM calls' tokens (and requests against counters without a limit) may wait to be
+#: counted together; unused request blocks are given back on the same beat (see :mod:`aiosd.daemon.access.allowance`).
 CHARGE_INTERVAL = 0.2
 #: Seconds the audit chain's head hint may lag behind its records.
 HEAD_INTERVAL = 0.5
@@ -191,7 +192,7 @@ def build_scheduler(settings: Settings) -> SchedulerGraph:
     housekeeping.every(RETIRE_INTERVAL, "retire_records", completion.retire)
     housekeeping.every(JOURNAL_INTERVAL, "lease_journal", book.flush)
     housekeeping.every(HEAD_INTERVAL, "audit_head", audit.advance_head)
-    housekeeping.every(CHARGE_INTERVAL, "token_charges", meter.flush_charges)
+    housekeeping.every(CHARGE_INTERVAL, "counts", meter.settle)
     housekeeping.every(STORAGE_SWEEP_INTERVAL, "storage_sweep", storage.sweep)
     housekeeping.every(ORPHAN_INTERVAL, "storage_orphans", storage.sweep_orphans)
     return SchedulerGraph(
