@@ -78,6 +78,12 @@ def parse() -> argparse.Namespace:
     )
     p.add_argument("--interactive-window", type=float, default=10.0, help="its window, simulated s (default 10)")
     p.add_argument(
+        "--interactive-standby-tokens",
+        type=int,
+        default=None,
+        help="its standby workers' limit on prompt tokens to compute, 0 for none (default: the setting's)",
+    )
+    p.add_argument(
         "--warm-lane",
         action="store_true",
         help="do not wait out the lane's window between workloads ((b) then starts with (b0)'s lane open)",
@@ -163,6 +169,8 @@ async def run_kernel(
         settings["route_balance_tokens"] = str(args.balance_tokens)
     if args.interactive_workers is not None:
         settings["interactive_workers"] = str(args.interactive_workers)
+    if args.interactive_standby_tokens is not None:
+        settings["interactive_standby_tokens"] = str(args.interactive_standby_tokens)
     since = utcnow()
     await asyncio.to_thread(kernel.start, policy, routing, sims, args.capacity, **settings)
     await asyncio.to_thread(_wait_for_workers, kernel, len(sims.urls), since)
