@@ -2,14 +2,23 @@
 
 :class:`Broker` wraps a pika ``BlockingConnection``. Only the thread that
 calls :meth:`Broker.pump` touches the connection; worker threads settle
-messages and publish replies through ``add_callback_threadsafe``. Dead letters
-go out on a second channel with publisher confirms, so a refused message is
+messages and publish replies by queueing them for it. Dead letters go out on
+a second channel with publisher confirms, so a refused message is
 acknowledged only once its dead-lettered copy is safe.
+
+The connection thread is the busiest of the scheduler, so what other threads
+hand it is cheap: they queue operations in order, one wake-up
+(``add_callback_threadsafe``) takes everything queued by then, and acks and
+publishes are framed into the output buffer without waiting for each to be
+written (pika's blocking channel methods poll the socket once per call); the
+next turn of :meth:`Broker.pump` writes them out together, in order.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+from collections import deque
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -99,6 +108,11 @@ class Broker:
         except AMQP_ERRORS as exc:
             raise ServiceUnavailable(f"RabbitMQ is unreachable at {_safe(params)}: {exc!r}") from exc
         self._tags: list[str] = []
+        # The channel under the blocking wrapper: frames an ack or publish without flushing it.
+        self._raw = self._ch._impl
+        self._queued: deque[Callable[[], None]] = deque()
+        self._queued_lock = threading.Lock()
+        self._wake_pending = False
 
     # -- owner thread ------------------------------------------------------------
 
@@ -173,33 +187,51 @@ class Broker:
     def publish_task(self, task_id: str, priority: int) -> None:
         """Queue a task for the runners (thread-safe; sent in order with the acks that follow)."""
         body, props = task_message(task_id, priority)
-        self._later(partial(self._ch.basic_publish, "", TASK_QUEUE, body, props))
+        self._later(partial(self._publish, "", TASK_QUEUE, body, props))
 
     def publish_lease(self, worker_id: str, body: bytes) -> None:
         """Send a lease to a worker's queue (thread-safe). A lost lease simply expires."""
         props = BasicProperties(content_type=CONTENT_TYPE, headers={VERSION_HEADER: PROTOCOL_VERSION}, delivery_mode=1)
-        self._later(partial(self._ch.basic_publish, WORKER_EXCHANGE, worker_id, body, props))
+        self._later(partial(self._publish, WORKER_EXCHANGE, worker_id, body, props))
 
     def _later(self, fn: Callable[[], None]) -> None:
+        """Queue ``fn`` for the connection thread, in order; wake it once for everything queued meanwhile."""
+        with self._queued_lock:
+            self._queued.append(fn)
+            if self._wake_pending:
+                return
+            self._wake_pending = True
         try:
-            self._conn.add_callback_threadsafe(fn)
+            self._conn.add_callback_threadsafe(self._run_queued)
         except AMQP_ERRORS:
             # The connection is gone: unacked messages are redelivered and
             # unsent replies are re-sent by recovery, so dropping is safe.
             log.warning("connection_gone_callback_dropped")
 
+    def _run_queued(self) -> None:
+        with self._queued_lock:
+            self._wake_pending = False  # what is queued from now on needs a wake-up of its own
+            todo, self._queued = self._queued, deque()
+        for fn in todo:
+            fn()
+
+    def _publish(self, exchange: str, routing_key: str, body: bytes, props: BasicProperties) -> None:
+        # A closed channel raises: the connection is then replaced, and what was not sent is sent again
+        # (unacked messages come back, replies not marked sent are re-sent by recovery).
+        self._raw.basic_publish(exchange, routing_key, body, props)
+
     def _ack(self, tag: int) -> None:
         if self._ch.is_open:
-            self._ch.basic_ack(tag)
+            self._raw.basic_ack(tag)
 
     def _ack_tags(self, tags: list[int]) -> None:
         if self._ch.is_open:
             for tag in tags:
-                self._ch.basic_ack(tag)
+                self._raw.basic_ack(tag)
 
     def _nack(self, tag: int, requeue: bool) -> None:
         if self._ch.is_open:
-            self._ch.basic_nack(tag, requeue=requeue)
+            self._raw.basic_nack(tag, requeue=requeue)
 
     def _publish_reply(self, reply_to: str, correlation_id: str, body: bytes, on_sent: Callable[[], None]) -> None:
         props = BasicProperties(
@@ -209,7 +241,7 @@ class Broker:
             headers={VERSION_HEADER: PROTOCOL_VERSION},
             delivery_mode=2,
         )
-        self._ch.basic_publish("", reply_to, body, props)
+        self._publish("", reply_to, body, props)
         on_sent()
 
     def _dead_letter(
