@@ -71,6 +71,9 @@ class WorkerBroker:
             self._outcomes = self._conn.channel()
             self._outcomes.tx_select()
             self._outcomes.add_on_return_callback(self._on_return)
+            # The channels under the blocking wrappers: frame without flushing (see publish_outcomes, ack).
+            self._outcomes_raw = self._outcomes._impl
+            self._leases_raw = self._leases._impl
             self._returned: set[str] = set()
         except AMQP_ERRORS as exc:
             self.close()
@@ -130,7 +133,9 @@ class WorkerBroker:
                 headers={VERSION_HEADER: PROTOCOL_VERSION},
             )
             # mandatory: an unroutable outcome (events queue deleted) is an error, not a silent loss.
-            self._outcomes.basic_publish("", EVENTS_QUEUE, encode(outcome), props, mandatory=True)
+            # Framed without a flush each (the blocking wrapper polls the socket per publish):
+            # the commit writes them all and waits for the broker.
+            self._outcomes_raw.basic_publish("", EVENTS_QUEUE, encode(outcome), props, mandatory=True)
         self._outcomes.tx_commit()
         self._conn.process_data_events(0)  # returns arrive before the commit's answer; dispatch them
         return set(self._returned)
@@ -142,7 +147,7 @@ class WorkerBroker:
     def ack(self, tag: int) -> None:
         """Settle a lease delivery."""
         if self._leases.is_open:
-            self._leases.basic_ack(tag)
+            self._leases_raw.basic_ack(tag)  # written by the next pump, with the acks queued by then
 
     def drop(self, tag: int) -> None:
         """Settle a lease delivery without running it again (no requeue)."""
