@@ -10,8 +10,8 @@ The connection thread is the busiest of the scheduler, so what other threads
 hand it is cheap: they queue operations in order, one wake-up
 (``add_callback_threadsafe``) takes everything queued by then, and acks and
 publishes are framed into the output buffer without waiting for each to be
-written (pika's blocking channel methods poll the socket once per call); the
-next turn of :meth:`Broker.pump` writes them out together, in order.
+written (pika's blocking channel methods poll the socket once per call) and
+written out together, in order, at the end of the wake-up.
 """
 
 from __future__ import annotations
@@ -214,6 +214,8 @@ class Broker:
             todo, self._queued = self._queued, deque()
         for fn in todo:
             fn()
+        # Write them all now (one flush; inside a callback this only does I/O, it dispatches nothing).
+        self._conn.process_data_events(0)
 
     def _publish(self, exchange: str, routing_key: str, body: bytes, props: BasicProperties) -> None:
         # A closed channel raises: the connection is then replaced, and what was not sent is sent again
