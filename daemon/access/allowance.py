@@ -142,7 +142,7 @@ class Allowances:
             with self._lock:
                 block = self._state.blocks.get(counter.key)
             if block is None:  # given back meanwhile: return them to the document
-                self._counters.add(counter.key, counter.amounts(-n), {})
+                self._counters.add(counter.key, counter.amounts(-n), counter.extra)
             else:
                 block.left += n
                 block.taken -= n
@@ -173,7 +173,8 @@ class Allowances:
                     return  # used again meanwhile
                 del self._state.blocks[key]
             if block.left:
-                self._counters.add(key, block.counter.amounts(-block.left), {})
+                # With the document's fields: a window pruned meanwhile comes back with its expiry, to be pruned again.
+                self._counters.add(key, block.counter.amounts(-block.left), block.counter.extra)
 
     def _reserve(self, block: _Block, need: int, limit: int, now: float) -> bool:
         """Reserve ``need`` calls and, where they fit, a block ahead; ``False`` if even ``need`` does not fit."""
