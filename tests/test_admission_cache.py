@@ -9,30 +9,23 @@ the changed policy.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import pymongo
 import pytest
 
-from aiosd.daemon.access.authorizer import Admission, Ask, Meter, PolicyAuthorizer, PolicyLookup, Refused
+from aiosd.daemon.access.authorizer import Admission, Meter, PolicyAuthorizer, PolicyLookup, Refused
 from aiosd.daemon.access.counters import Counters
 from aiosd.daemon.access.directory import REVISION_GRACE, Directory
 from aiosd.daemon.access.policy import Policy
-from aiosd.sdk.protocol import Request
-from aiosd.sdk.syscalls import CATALOGUE
 
-from .harness import MONGO_URL
+from .admission import Clock, scratch_db
+from .admission import asks as _asks
 
 
 @pytest.fixture
 def db() -> Iterator[Any]:
-    client: pymongo.MongoClient[Any] = pymongo.MongoClient(MONGO_URL)
-    name = f"aiosd_admission_{uuid.uuid4().hex[:8]}"
-    yield client[name]
-    client.drop_database(name)
-    client.close()
+    yield from scratch_db("aiosd_admission")
 
 
 class CountingDirectory(Directory):
@@ -43,20 +36,6 @@ class CountingDirectory(Directory):
     def revision(self) -> int:
         self.reads += 1
         return super().revision()
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _asks(agent: str, n: int = 1) -> list[Ask]:
-    request = Request(syscall="memory.add", args={"content": "x"})
-    args = CATALOGUE["memory.add"].args.model_validate(request.args)
-    return [Ask(agent, request, args, 5) for _ in range(n)]
 
 
 def test_one_revision_read_serves_the_batches_of_its_grace_period(db: Any) -> None:

@@ -6,40 +6,25 @@ time; the counter documents are the real ones.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import pymongo
 import pytest
 
 from aiosd.daemon.access.allowance import AHEAD_MAX, IDLE, Allowances, Counter
-from aiosd.daemon.access.authorizer import Admission, Ask, Meter, PolicyAuthorizer, PolicyLookup, Refused
+from aiosd.daemon.access.authorizer import Admission, Meter, PolicyAuthorizer, PolicyLookup, Refused
 from aiosd.daemon.access.counters import PERIOD_FIELDS, Counters, period_window, rate_window
 from aiosd.daemon.access.directory import Directory
 from aiosd.daemon.access.policy import Policy, RateLimit
-from aiosd.sdk.protocol import Request
-from aiosd.sdk.syscalls import CATALOGUE
 
-from .harness import MONGO_URL
+from .admission import Clock, scratch_db
+from .admission import asks as _asks
 
 
 @pytest.fixture
 def db() -> Iterator[Any]:
-    client: pymongo.MongoClient[Any] = pymongo.MongoClient(MONGO_URL)
-    name = f"aiosd_allowance_{uuid.uuid4().hex[:8]}"
-    yield client[name]
-    client.drop_database(name)
-    client.close()
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+    yield from scratch_db("aiosd_allowance")
 
 
 class CountingCounters(Counters):
@@ -136,12 +121,6 @@ def test_a_counter_without_a_limit_is_written_once_per_settle(db: Any) -> None:
     allowances.settle()
     doc = db["counters"].find_one({"_id": counter.key})
     assert doc is not None and doc["requests"] == 99 and doc["agent"] == "ann" and doc["prompt_tokens"] == 0
-
-
-def _asks(agent: str, n: int = 1) -> list[Ask]:
-    request = Request(syscall="memory.add", args={"content": "x"})
-    args = CATALOGUE["memory.add"].args.model_validate(request.args)
-    return [Ask(agent, request, args, 5) for _ in range(n)]
 
 
 def test_a_narrowed_limit_sees_only_the_calls_admitted(db: Any) -> None:

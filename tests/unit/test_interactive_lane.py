@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -29,13 +30,7 @@ TUNING = Tuning(
     interactive_standby_tokens=0,
 )
 #: With a standby: while the lane is closed, the worker next in line takes only calls with little to compute.
-STANDBY = Tuning(
-    route_balance_tokens=1e9,
-    route_cache_tokens=100_000,
-    interactive_workers=1,
-    interactive_window=10.0,
-    interactive_standby_tokens=1024,
-)
+STANDBY = replace(TUNING, interactive_standby_tokens=1024)
 
 
 class Clock:
