@@ -302,6 +302,10 @@ class LeaseBook:
     def read(self, keys: list[str], ended: bool = False) -> dict[str, Doc]:
         """The live records of ``keys`` (arguments, prompt, snapshot): from memory, the rest in one read.
 
+        Records are read from the database only after the pending transitions
+        are written, so a dispatch round whose records are all in memory
+        leases without waiting for a write.
+
         ``ended``: the calls are over (their reply is being made), so their
         records leave memory.
         """
@@ -312,6 +316,7 @@ class LeaseBook:
                     self._hot_bytes -= self._hot.pop(k)[1]
         missing = [k for k in keys if k not in found]
         if missing:
+            self.flush()  # a record read from the database must first say what the book says (a session's prompt)
             found.update({d["_id"]: d for d in self._live.find({"_id": {"$in": missing}})})
         return found
 

@@ -107,8 +107,6 @@ class Dispatcher:
         self._router.expect(taken)
         # Before any lease of this round: a worker gets its revoke ahead of the interactive call leased to it.
         free += self._revoke(self._router.preempted(), members)
-        # The live records must say what the book says (a session's prompt) before they are read.
-        self._book.flush()
         caps = self._caps.begin() if self._caps is not None else None
         granted: list[Doc] = []
         for entry in taken:
