@@ -86,14 +86,17 @@ class Dispatcher:
                 self._stop.wait(1.0)
 
     def round(self) -> None:
-        """One pass: reap, expire, lease, then write the book's transitions."""
+        """One pass: reap, expire, lease.
+
+        The book's transitions are written by the periodic journal job, not
+        here: a call queued while they are written would wait for the write.
+        """
         for worker in self._llm.fleet.silent():
             log.warning("worker_dead", worker=worker)
             self._llm.lost(worker, reason=f"worker {worker} stopped heartbeating")
         for entry in self._book.expired():
             self._llm.expire(entry, reason="lease expired")
         self._lease()
-        self._book.flush()
 
     def _lease(self) -> None:
         members = self._llm.fleet.snapshot()
