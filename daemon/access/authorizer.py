@@ -124,9 +124,10 @@ class Meter:
     """Rate limit and per-period quotas on the atomic counters.
 
     Request counts go through :class:`~aiosd.daemon.access.allowance.Allowances`
-    (taken ahead in blocks while an agent's calls come quickly), except for a
-    batch that must read the period's token count: LLM calls of an agent with
-    a token quota, counted with one write that returns the document.
+    (taken ahead in blocks while an agent's calls come quickly), except the
+    period's count of a batch that must read the period's tokens: LLM calls of
+    an agent with a token quota, counted with one write that returns the
+    document.
     """
 
     def __init__(self, counters: Counters, policies: PolicyLookup, allowances: Allowances | None = None) -> None:
@@ -144,25 +145,34 @@ class Meter:
         If the whole batch does not fit a limit, its requests are counted one
         by one instead, so exactly as many are admitted as the limits allow.
         """
-        if policy.tokens_per_period is not None and any(served_by(s) == "llm" for s in syscalls):
-            return self._admit_reading_tokens(agent, policy, syscalls)
         n = len(syscalls)
         rate = _rate_counter(agent, policy)
         if rate is not None and not self._allowances.take(rate, n, _rate_limit(policy)):
-            return [_rate_refusal(policy)] if n == 1 else self._one_by_one(agent, policy, syscalls)
-        period = _period_counter(agent, policy)
-        if not self._allowances.take(period, n, policy.requests_per_period):
+            return [_rate_refusal(agent, policy)] if n == 1 else self._one_by_one(agent, policy, syscalls)
+        out = self._count_period(agent, policy, syscalls)
+        if out is None:
             if rate is not None:
                 self._allowances.give(rate, n, _rate_limit(policy))
             return [_request_refusal(policy)] if n == 1 else self._one_by_one(agent, policy, syscalls)
-        return [None] * n
+        refused = sum(1 for r in out if r is not None)
+        if refused and rate is not None:  # a refused request does not count against the limits it passed
+            self._allowances.give(rate, refused, _rate_limit(policy))
+        return out
 
-    def _admit_reading_tokens(self, agent: str, policy: Policy, syscalls: list[str]) -> list[Refusal | None]:
-        """Count a batch with one write per counter, the period's read back for its token count."""
+    def _count_period(self, agent: str, policy: Policy, syscalls: list[str]) -> list[Refusal | None] | None:
+        """Count the batch in its quota period: the token refusals per call, or ``None`` if the requests do not fit.
+
+        LLM calls of an agent with a token quota are counted with one write
+        that reads the period's tokens back; the rest through the allowances.
+        """
         n = len(syscalls)
-        rate = self._take_rate(agent, policy, n)
-        if isinstance(rate, tuple):
-            return [rate] if n == 1 else self._one_by_one(agent, policy, syscalls)
+        quota = policy.tokens_per_period
+        if quota is None or not any(served_by(s) == "llm" for s in syscalls):
+            return (
+                [None] * n
+                if self._allowances.take(_period_counter(agent, policy), n, policy.requests_per_period)
+                else None
+            )
         period = period_window(agent, policy.quota_period)
         doc = self._counters.reserve(
             period.key,
@@ -171,22 +181,16 @@ class Meter:
             _extra(agent, "period", period),
         )
         if doc is None:
-            self._give_back(rate, None, n)
-            return [_request_refusal(policy)] if n == 1 else self._one_by_one(agent, policy, syscalls)
-        quota = policy.tokens_per_period
-        over = quota is not None and _tokens(doc) >= quota
-        out: list[Refusal | None] = [
-            (
-                ErrorCode.QUOTA_EXCEEDED,
-                f"token quota of {quota} per {policy.quota_period} is used up ({_tokens(doc)} used)",
-            )
-            if over and served_by(s) == "llm"
-            else None
-            for s in syscalls
-        ]
+            return None
+        used = _tokens(doc)
+        refusal = (
+            ErrorCode.QUOTA_EXCEEDED,
+            f"token quota of {quota} per {policy.quota_period} is used up ({used} used)",
+        )
+        out: list[Refusal | None] = [refusal if used >= quota and served_by(s) == "llm" else None for s in syscalls]
         refused = sum(1 for r in out if r is not None)
         if refused:
-            self._give_back(rate, period, refused)
+            self._counters.add(period.key, period_amounts(requests=-refused), {})
         return out
 
     def _one_by_one(self, agent: str, policy: Policy, syscalls: list[str]) -> list[Refusal | None]:
@@ -237,24 +241,6 @@ class Meter:
             )
             self._counters.add(period.key, amounts, _extra(agent, "period", period))
 
-    def _take_rate(self, agent: str, policy: Policy, n: int = 1) -> Window | Refusal | None:
-        limit = policy.rate_limit
-        if limit is None:
-            return None
-        window = rate_window(agent, limit.seconds)
-        if self._counters.reserve(
-            window.key, {"requests": n}, {"requests": limit.requests}, _extra(agent, "rate", window)
-        ):
-            return window
-        return _rate_refusal(policy)
-
-    def _give_back(self, rate: Window | None, period: Window | None, n: int = 1) -> None:
-        # A refused request does not count against the limits it passed.
-        if rate is not None:
-            self._counters.add(rate.key, {"requests": -n}, {})
-        if period is not None:
-            self._counters.add(period.key, period_amounts(requests=-n), {})
-
 
 def _rate_limit(policy: Policy) -> int | None:
     return policy.rate_limit.requests if policy.rate_limit is not None else None
@@ -272,10 +258,10 @@ def _period_counter(agent: str, policy: Policy) -> Counter:
     return Counter(window.key, "requests", PERIOD_FIELDS, _extra(agent, "period", window))
 
 
-def _rate_refusal(policy: Policy) -> Refusal:
+def _rate_refusal(agent: str, policy: Policy) -> Refusal:
     limit = policy.rate_limit
     assert limit is not None
-    window = rate_window("", limit.seconds)
+    window = rate_window(agent, limit.seconds)
     wait = max(window.expires_at.timestamp() - limit.seconds - utcnow().timestamp(), 0.0)
     return (
         ErrorCode.RATE_LIMITED,
