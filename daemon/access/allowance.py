@@ -37,7 +37,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aiosd.daemon.access.counters import Counters
 from aiosd.daemon.store import Doc
@@ -97,19 +97,14 @@ class _Tally:
     n: int = 0
 
 
-@dataclass
-class _State:
-    blocks: dict[str, _Block] = field(default_factory=dict)
-    tallies: dict[str, _Tally] = field(default_factory=dict)
-
-
 class Allowances:
     """Blocks of limited counters held by this scheduler, and counts of unlimited ones; see the module doc."""
 
     def __init__(self, counters: Counters, clock: Clock = time.monotonic) -> None:
         self._counters = counters
         self._clock = clock
-        self._state = _State()
+        self._blocks: dict[str, _Block] = {}
+        self._tallies: dict[str, _Tally] = {}
         self._lock = threading.Lock()  # guards the two dicts, never held over a database call
         self._stripes = [threading.Lock() for _ in range(_STRIPES)]
 
@@ -117,11 +112,11 @@ class Allowances:
         """Count ``n`` calls against ``counter``; ``False`` (nothing counted) if the limit refuses them."""
         if limit is None:
             with self._lock:
-                self._state.tallies.setdefault(counter.key, _Tally(counter)).n += n
+                self._tallies.setdefault(counter.key, _Tally(counter)).n += n
             return True
         with self._stripe(counter.key):
             with self._lock:
-                block = self._state.blocks.setdefault(counter.key, _Block(counter))
+                block = self._blocks.setdefault(counter.key, _Block(counter))
             now = self._clock()
             if block.left < n and not self._reserve(block, n - block.left, limit, now):
                 return False
@@ -134,13 +129,13 @@ class Allowances:
         """Return ``n`` calls taken from ``counter`` and not admitted after all (another limit refused them)."""
         if limit is None:
             with self._lock:
-                tally = self._state.tallies.get(counter.key)
+                tally = self._tallies.get(counter.key)
                 if tally is not None:
                     tally.n -= n
             return
         with self._stripe(counter.key):
             with self._lock:
-                block = self._state.blocks.get(counter.key)
+                block = self._blocks.get(counter.key)
             if block is None:  # given back meanwhile: return them to the document
                 self._counters.add(counter.key, counter.amounts(-n), counter.extra)
             else:
@@ -150,8 +145,8 @@ class Allowances:
     def settle(self, everything: bool = False) -> None:
         """Write the counts of unlimited counters; give back blocks unused for :data:`IDLE` seconds (or all)."""
         with self._lock:
-            tallies, self._state.tallies = self._state.tallies, {}
-            blocks = list(self._state.blocks.values())
+            tallies, self._tallies = self._tallies, {}
+            blocks = list(self._blocks.values())
         for tally in tallies.values():
             if tally.n:
                 self._counters.add(tally.counter.key, tally.counter.amounts(tally.n), tally.counter.extra)
@@ -163,15 +158,15 @@ class Allowances:
     def held(self) -> int:
         """Calls reserved and not handed out, over every counter (for tests and metrics)."""
         with self._lock:
-            return sum(b.left for b in self._state.blocks.values())
+            return sum(b.left for b in self._blocks.values())
 
     def _give_back(self, key: str, everything: bool, now: float) -> None:
         with self._stripe(key):
             with self._lock:
-                block = self._state.blocks.get(key)
+                block = self._blocks.get(key)
                 if block is None or not (everything or now - block.used >= IDLE):
                     return  # used again meanwhile
-                del self._state.blocks[key]
+                del self._blocks[key]
             if block.left:
                 # With the document's fields: a window pruned meanwhile comes back with its expiry, to be pruned again.
                 self._counters.add(key, block.counter.amounts(-block.left), block.counter.extra)

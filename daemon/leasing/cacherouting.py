@@ -38,12 +38,11 @@ workers of each model (never all of them) are reserved: those on standby
 leased prompt's uncached tokens, decayed by ``exp(-age / COMPUTING_DECAY)``,
 in whole blocks: a prefill in flight cannot be stopped), then the least
 loaded. While the lane is closed (once it has been open), the workers it
-would reserve stand by: a
-call with more than ``interactive_standby_tokens`` prompt tokens to compute
-there (beyond the prefix their picture holds) neither goes to them nor waits
-for them, so none of them is in a long prefill when the lane opens. An
-interactive call opens its lane before anything else of its dispatch round
-is placed (:meth:`CacheRouter.expect`). An interactive call
+would reserve stand by: a call with more than ``interactive_standby_tokens``
+prompt tokens to compute there (beyond the prefix their picture holds)
+neither goes to them nor waits for them, so none of them is in a long prefill
+when the lane opens. An interactive call opens its lane before anything else
+of its dispatch round is placed (:meth:`CacheRouter.expect`). An interactive call
 goes to a reserved worker with a free slot (by the ranking of steps 2-5),
 else by the rule above over every worker; other calls see only the workers
 not reserved, so they neither go to a reserved worker nor wait for one. With
