@@ -12,7 +12,7 @@ import pymongo
 import pytest
 
 from aiosd.daemon.access.counters import Counters, period_amounts, period_window, rate_window
-from aiosd.sdk import Client, Reply
+from aiosd.sdk import CallError, Client, Reply
 
 from .harness import MONGO_URL, AgentRegistry, World
 from .rawamqp import RawAgent
@@ -98,6 +98,32 @@ def test_memory_quota(world: World, make_scheduler: Any, registry: AgentRegistry
         assert client.memory.get(ids[1]).content == "note 1"  # unchanged
     doc = world.db().counters.find_one({"_id": f"{registry.name('mem')}:memory"})
     assert doc is not None and doc["notes"] == 3 and doc["bytes"] == len("note 1note 2room again")
+
+
+def test_copies_of_a_stored_memory_add_change_nothing(
+    world: World, make_scheduler: Any, registry: AgentRegistry
+) -> None:
+    """A copy of a completed ``memory.add`` gets the stored reply: at the quota, and after its note was deleted."""
+    make_scheduler().start()
+    url = registry.add("again", "--memory-notes", "2", "--memory-bytes", "1000")
+    with Client(url, timeout=20) as client:
+        first = client.request("memory.add", {"content": "first note"}, message_id="again-1")
+        client.request("memory.add", {"content": "second note"}, message_id="again-2")
+        at_quota = client.request("memory.add", {"content": "first note"}, message_id="again-1")
+        client.memory.delete(first.result["id"])
+        after_delete = client.request("memory.add", {"content": "first note"}, message_id="again-1")
+        with pytest.raises(CallError) as gone:
+            client.memory.get(first.result["id"])
+    assert first.status.value == "ok"
+    assert at_quota.model_dump(exclude={"timings"}) == first.model_dump(exclude={"timings"})
+    assert after_delete.model_dump(exclude={"timings"}) == first.model_dump(exclude={"timings"})
+    assert gone.value.code == "not_found"  # the copy did not bring the note back
+    db = world.db()
+    agent = registry.name("again")
+    doc = db.counters.find_one({"_id": f"{agent}:memory"})
+    assert doc is not None and (doc["notes"], doc["bytes"]) == (1, len("second note"))
+    decisions = [a["decision"] for a in db.audit.find({"agent": agent, "message_id": "again-1"}).sort("seq", 1)]
+    assert decisions == ["accepted", "completed"]
 
 
 def test_policy_gates_syscalls_and_clamps_priority(world: World, make_scheduler: Any, registry: AgentRegistry) -> None:

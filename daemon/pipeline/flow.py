@@ -37,6 +37,7 @@ from aiosd.daemon.pipeline.intake import Accepted, Intake, Rejected, reply_allow
 from aiosd.daemon.pipeline.kernel import Kernel
 from aiosd.daemon.pipeline.poison import PoisonGuard
 from aiosd.daemon.pipeline.records import Envelope, Lookup, Records, elapsed_ms, record_key
+from aiosd.daemon.pipeline.repeatable import REPEATABLE
 from aiosd.daemon.services.context import CallContext
 from aiosd.daemon.store import Doc
 from aiosd.daemon.transport.delivery import Delivery, ack_all
@@ -116,12 +117,33 @@ class Completion:
             self._send_stored([env for env, _ in finished if id(env) not in winners])
 
     def _send_stored(self, lost: list[Envelope]) -> None:
-        """Copies that ran while another copy (elsewhere) committed first: they get its reply."""
+        """Copies that ran while, or after, another copy committed first: they get its reply."""
         stored = self._records.results_of([env.key for env in lost])
         for env in lost:
             doc = stored.get(env.key)
-            if doc is not None and doc.get("reply"):
-                self.send(env, Reply.model_validate(doc["reply"]), live=False)
+            if doc is not None:
+                self.answer_copy(env, doc)
+
+    def answer_copy(self, env: Envelope, doc: Doc) -> None:
+        """A copy of a stored call: answer it with the stored reply, or once the call finishes.
+
+        A task's call replayed after a crash must be the call stored under its
+        message id: a program that made a different call diverged (see the
+        README, "Durable execution") and is told so instead.
+        """
+        if env.request.task is not None and (diverged := _divergence(env, doc)) is not None:
+            log.warning("replay_diverged", message_id=env.message_id, agent=env.agent, task=env.request.task.id)
+            failure = Reply.failure(env.message_id, env.request.syscall, ErrorCode.REPLAY_DIVERGED, diverged)
+            if env.reply_to is not None:
+                self._outbox.reply(env.reply_to, env.correlation_id, failure, _noop)
+            return
+        if doc.get("reply"):
+            # A re-published or redelivered duplicate: answered with the reply stored first.
+            log.info("duplicate_answered", message_id=env.message_id, agent=env.agent)
+            self.send(env, Reply.model_validate(doc["reply"]))
+        else:
+            log.info("duplicate_in_progress", message_id=env.message_id, agent=env.agent)
+            self.answer_later(env)
 
     def answer_later(self, duplicate: Envelope) -> None:
         """A duplicate of a call still running: it gets the reply too, once the call finishes."""
@@ -334,7 +356,7 @@ class Pipeline:
         return Work([a for _, a in accepted if id(a.envelope) in fresh], duplicates, direct, lookup)
 
     def _look_ahead(self, batch: list[Delivery]) -> LookAhead | None:
-        """Start looking up the stored copies of the deliveries that name a kernel call.
+        """Start looking up the stored copies of the deliveries that name a kernel call read first.
 
         Keyed as the sender sent them (routing key, user, message id); a call
         that turns out to be keyed otherwise (a task runner acting for its
@@ -343,7 +365,7 @@ class Pipeline:
         keys = [
             record_key(d.user_id, d.message_id)
             for d in batch
-            if d.user_id and d.message_id and d.routing_key in CATALOGUE and not is_leased(d.routing_key)
+            if d.user_id and d.message_id and d.routing_key in CATALOGUE and _looked_up(d.routing_key)
         ]
         if not keys:
             return None
@@ -361,7 +383,9 @@ class Pipeline:
         The unacknowledged message is the durable record: after a crash RabbitMQ
         redelivers it and it runs again (kernel syscalls are idempotent on their
         message id); a copy that arrives once its result is stored is answered
-        from it. Copies of a call running on another thread wait for its reply.
+        from it: looked up before it runs, or, for the calls of :mod:`.repeatable`,
+        once committing its reply meets the stored one. Copies of a call running
+        on another thread wait for its reply.
         Returns ``True`` once done (see :meth:`_guarded`).
         """
         firsts: dict[str, Accepted] = {}
@@ -372,11 +396,11 @@ class Pipeline:
             else:
                 firsts[a.envelope.key] = a
         try:
-            stored = self._stored(list(firsts), lookup)
+            stored = self._stored([k for k, a in firsts.items() if _looked_up(a.envelope.request.syscall)], lookup)
             for key, doc in stored.items():
                 env = firsts.pop(key).envelope
                 self._release(key)
-                self._answer_duplicate(env, doc)
+                self._completion.answer_copy(env, doc)
             for env in copies:
                 self._completion.answer_later(env)
             self._recount_redelivered(calls, firsts)
@@ -423,7 +447,7 @@ class Pipeline:
 
     def _run(self, work: Work) -> None:
         for env, doc in work.duplicates:
-            self._answer_duplicate(env, doc)
+            self._completion.answer_copy(env, doc)
         by_syscall: dict[str, list[Accepted]] = {}
         for a in work.new:
             if a.needs_approval and self._gate is not None:
@@ -438,27 +462,6 @@ class Pipeline:
             finally:
                 for a in calls:
                     self._release(a.envelope.key)
-
-    def _answer_duplicate(self, env: Envelope, doc: Doc) -> None:
-        """A copy of a stored call: answer it with the stored reply, or once the call finishes.
-
-        A task's call replayed after a crash must be the call stored under its
-        message id: a program that made a different call diverged (see the
-        README, "Durable execution") and is told so instead.
-        """
-        if env.request.task is not None and (diverged := _divergence(env, doc)) is not None:
-            log.warning("replay_diverged", message_id=env.message_id, agent=env.agent, task=env.request.task.id)
-            failure = Reply.failure(env.message_id, env.request.syscall, ErrorCode.REPLAY_DIVERGED, diverged)
-            if env.reply_to is not None:
-                self._outbox.reply(env.reply_to, env.correlation_id, failure, _noop)
-            return
-        if doc.get("reply"):
-            # A re-published or redelivered duplicate: answer again, never re-run.
-            log.info("duplicate_answered", message_id=env.message_id, agent=env.agent)
-            self._completion.send(env, Reply.model_validate(doc["reply"]))
-        else:
-            log.info("duplicate_in_progress", message_id=env.message_id, agent=env.agent)
-            self._completion.answer_later(env)
 
     def _refuse(self, d: Delivery, reason: str) -> None:
         rej = Rejected(ErrorCode.INVALID_ARGS, reason, agent=d.user_id)
@@ -576,6 +579,11 @@ def _divergence(env: Envelope, doc: Doc) -> str | None:
             " the program must make the same syscalls in the same order on every run"
         )
     return None
+
+
+def _looked_up(syscall: str) -> bool:
+    """Whether a served-now call's stored copy is read before it runs (see :mod:`.repeatable`)."""
+    return not is_leased(syscall) and syscall not in REPEATABLE
 
 
 def _known(syscall: str | None) -> str:
