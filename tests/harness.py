@@ -179,6 +179,16 @@ def live_after_retirement(
     return live
 
 
+def lifetime_usage(
+    db: pymongo.database.Database[dict[str, Any]], agent: str, timeout: float = 5.0
+) -> dict[str, Any] | None:
+    """An agent's lifetime LLM totals once written (the scheduler writes them every 0.2 s)."""
+    deadline = time.monotonic() + timeout
+    while (doc := db["usage"].find_one({"_id": agent})) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return doc
+
+
 def unfinished_count(db: pymongo.database.Database[dict[str, Any]]) -> int:
     """Live syscalls (in ``syscalls``) that have no result yet: accepted and not completed."""
     live = [d["_id"] for d in db["syscalls"].find({}, {"_id": 1})]

@@ -16,7 +16,7 @@ import pytest
 
 from aiosd.sdk import Client, Reply
 
-from .harness import World
+from .harness import World, lifetime_usage
 from .rawamqp import RawAgent
 from .scripted_worker import ScriptedWorker, chat_args, wait_until
 
@@ -52,7 +52,7 @@ def test_llm_call_through_a_worker(world: World, make_scheduler: Any, workers: l
     assert reply.status.value == "ok"
     assert reply.result["text"] == "hi there" and reply.result["worker"] == "w1" and reply.result["slices"] == 1
     assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (5, 3)
-    usage = world.db().usage.find_one({"_id": "guest"})
+    usage = lifetime_usage(world.db(), "guest")
     assert usage is not None and usage["prompt_tokens"] == 5 and usage["llm_calls"] == 1
     assert world.db().workers.find_one({"_id": "w1"})["capacity"] == 1
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiosd.sdk import Client
 
-from .harness import WorkerProcess, World
+from .harness import WorkerProcess, World, lifetime_usage
 from .scripted_worker import wait_until
 
 QUESTION = [
@@ -44,7 +44,7 @@ def test_chat_answer_and_usage(world: World, make_scheduler: Any, tmp_path: Path
     assert reply.result["finish_reason"] in ("stop", "length")
     assert reply.usage.prompt_tokens > 10 and reply.usage.completion_tokens > 0
     assert reply.timings.run_ms > 0
-    usage = world.db().usage.find_one({"_id": "guest"})
+    usage = lifetime_usage(world.db(), "guest")
     assert usage is not None and usage["completion_tokens"] == reply.usage.completion_tokens
 
 

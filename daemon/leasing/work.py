@@ -14,11 +14,11 @@ import threading
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pymongo import UpdateOne
 from pymongo.collection import Collection
 
 from aiosd.daemon.leasing.book import LeaseBook
 from aiosd.daemon.leasing.fleet import Fleet
+from aiosd.daemon.leasing.totals import UsageTotals
 from aiosd.daemon.pipeline.records import Envelope, elapsed_ms, envelope_from_record, live_record
 from aiosd.daemon.services.sessions import SessionService, fit
 from aiosd.daemon.store import Doc
@@ -26,7 +26,7 @@ from aiosd.sdk.cluster import Goodbye, Heartbeat, Outcome
 from aiosd.sdk.llm import LlmChatResult
 from aiosd.sdk.process import metrics
 from aiosd.sdk.process.logs import get_logger
-from aiosd.sdk.protocol import ErrorCode, Reply, Timings, Usage, utcnow
+from aiosd.sdk.protocol import ErrorCode, Reply, Timings, Usage
 from aiosd.sdk.syscalls import served_by
 
 log = get_logger(__name__)
@@ -54,7 +54,8 @@ class LeasedWork:
     ) -> None:
         self.book = book
         self.fleet = fleet
-        self._usage = usage
+        #: Lifetime totals per agent, written by the periodic job (see :mod:`.totals`).
+        self.totals = UsageTotals(usage)
         self._sessions = sessions
         self._finish = finish
         self._wakeup = wakeup
@@ -158,7 +159,7 @@ class LeasedWork:
             self._error(out)
 
     def _complete(self, done: list[tuple[Doc, Outcome]]) -> None:
-        """Reply to settled calls: one read of their records, usage once per agent, one commit."""
+        """Reply to settled calls: one read of their records, one commit; usage added up for the periodic write."""
         records = self.book.read([entry["_id"] for entry, _ in done], ended=True)
         finished: list[tuple[Envelope, Reply]] = []
         spent: dict[str, tuple[Usage, int]] = {}
@@ -267,21 +268,10 @@ class LeasedWork:
         return envelope_from_record(record)
 
     def _account(self, spent: dict[str, tuple[Usage, int]]) -> None:
-        """Add tokens and LLM calls to each agent's totals (one write) and quota period."""
+        """Add tokens and LLM calls to each agent's totals (written periodically) and quota period."""
         if not spent:
             return
-        now = utcnow()
-        self._usage.bulk_write(
-            [
-                UpdateOne(
-                    {"_id": agent},
-                    {"$inc": {**usage.model_dump(), "llm_calls": calls}, "$set": {"updated_at": now}},
-                    upsert=True,
-                )
-                for agent, (usage, calls) in spent.items()
-            ],
-            ordered=False,
-        )
+        self.totals.add(spent)
         if self._on_usage is not None:
             for agent, (usage, calls) in spent.items():
                 self._on_usage(agent, usage, calls)  # per-period accounting for token quotas

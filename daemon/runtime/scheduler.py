@@ -277,6 +277,10 @@ class Scheduler:
             self.graph.meter.settle(everything=True)
         except Exception as exc:  # counts of calls just finished or admitted: the quota undercounts them
             log.warning("counts_lost", error=repr(exc))
+        try:
+            self.leased.totals.write()
+        except Exception as exc:  # the operator's lifetime totals miss the last calls
+            log.warning("usage_totals_lost", error=repr(exc))
 
     def _metrics_on(self) -> None:
         """Serve the scheduler's metrics; the gauges read the lease book, task leases and audit chain when scraped."""

@@ -193,6 +193,7 @@ def build_scheduler(settings: Settings) -> SchedulerGraph:
     housekeeping.every(JOURNAL_INTERVAL, "lease_journal", book.flush)
     housekeeping.every(HEAD_INTERVAL, "audit_head", audit.advance_head)
     housekeeping.every(CHARGE_INTERVAL, "counts", meter.settle)
+    housekeeping.every(CHARGE_INTERVAL, "usage_totals", leased.totals.write)
     housekeeping.every(STORAGE_SWEEP_INTERVAL, "storage_sweep", storage.sweep)
     housekeeping.every(ORPHAN_INTERVAL, "storage_orphans", storage.sweep_orphans)
     return SchedulerGraph(
