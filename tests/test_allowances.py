@@ -13,10 +13,12 @@ from typing import Any
 import pytest
 
 from aiosd.daemon.access.allowance import AHEAD_MAX, IDLE, Allowances, Counter
-from aiosd.daemon.access.authorizer import Admission, Meter, PolicyAuthorizer, PolicyLookup, Refused
+from aiosd.daemon.access.authorizer import Admission, Ask, Meter, PolicyAuthorizer, PolicyLookup, Refused
 from aiosd.daemon.access.counters import PERIOD_FIELDS, Counters, period_window, rate_window
 from aiosd.daemon.access.directory import Directory
 from aiosd.daemon.access.policy import Policy, RateLimit
+from aiosd.sdk.protocol import Request, Usage
+from aiosd.sdk.syscalls import CATALOGUE
 
 from .admission import Clock, scratch_db
 from .admission import asks as _asks
@@ -157,3 +159,34 @@ def test_the_period_count_of_an_unlimited_agent_is_written_by_the_periodic_job(d
     assert counters.reserves == 0
     meter.settle()
     assert _stored(db, period_window("ann", "day").key) == 60
+
+
+def _chat(agent: str) -> list[Any]:
+    request = Request(syscall="llm.chat", args={"messages": [{"role": "user", "content": "hi"}]})
+    return [Ask(agent, request, CATALOGUE["llm.chat"].args.model_validate(request.args), 5)]
+
+
+def _period_tokens(db: Any, agent: str) -> int:
+    doc = db["counters"].find_one({"_id": period_window(agent, "day").key}) or {}
+    return int(doc.get("prompt_tokens") or 0) + int(doc.get("completion_tokens") or 0)
+
+
+def test_token_charges_are_written_before_admission_only_under_a_token_quota(db: Any) -> None:
+    """An agent's answered tokens count before its next LLM call is admitted when a token quota needs them."""
+    directory, clock = Directory(db["agents"]), Clock()
+    policies = PolicyLookup(directory, clock=clock)
+    counters = Counters(db["counters"])
+    meter = Meter(counters, policies, Allowances(counters, clock))
+    authorizer = PolicyAuthorizer(policies, meter)
+    directory.create("ann", Policy(tokens_per_period=None, rate_limit=None, requests_per_period=None), external=False)
+    directory.create("bob", Policy(tokens_per_period=100, rate_limit=None, requests_per_period=None), external=False)
+    for agent in ("ann", "bob"):
+        meter.charge_tokens(agent, Usage(prompt_tokens=60, completion_tokens=30))
+    verdicts = authorizer.authorize_many(_chat("ann") + _chat("bob"))
+    assert all(isinstance(v, Admission) for v in verdicts)  # bob's 90 tokens are under his 100
+    assert (_period_tokens(db, "ann"), _period_tokens(db, "bob")) == (0, 90)  # ann's wait for the periodic job
+    meter.charge_tokens("bob", Usage(completion_tokens=10))
+    refused = authorizer.authorize_many(_chat("bob"))[0]
+    assert isinstance(refused, Refused) and refused.code.value == "quota_exceeded"
+    meter.settle()
+    assert (_period_tokens(db, "ann"), _period_tokens(db, "bob")) == (90, 100)

@@ -218,18 +218,30 @@ class Meter:
     def charge_tokens(self, agent: str, usage: Usage, calls: int = 1) -> None:
         """Count the tokens of ``calls`` finished LLM calls; written by :meth:`flush_charges`.
 
-        Charges are written in batches: before each batch of calls is admitted
-        (so a call answered before another is sent counts against it, as if
-        written at once) and by a periodic job.
+        Charges are written in batches: an agent's before a batch with LLM
+        calls of it is admitted, if it has a token quota (so a call answered
+        before another is sent counts against it, as if written at once), and
+        everyone's by the periodic job (the others only inform).
         """
         with self._charges_lock:
             total, n = self._charges.get(agent, (Usage(), 0))
             self._charges[agent] = (total.plus(usage), n + calls)
 
-    def flush_charges(self) -> None:
-        """Write the counted tokens to each agent's current quota period (one write per agent)."""
+    def flush_charges(self, before: set[str] | None = None) -> None:
+        """Write the counted tokens to each agent's current quota period (one write per agent).
+
+        ``before``: only those of these agents that have a token quota, before
+        their LLM calls are admitted; ``None``: every agent's.
+        """
+        if before is not None:
+            before = {agent for agent in before if self._token_quota(agent)}
+            if not before:
+                return
         with self._charges_lock:
-            charges, self._charges = self._charges, {}
+            if before is None:
+                charges, self._charges = self._charges, {}
+            else:
+                charges = {agent: self._charges.pop(agent) for agent in before if agent in self._charges}
         for agent, (usage, calls) in charges.items():
             standing = self._policies.standing(agent)
             period = period_window(agent, standing.policy.quota_period if standing else "day")
@@ -240,6 +252,10 @@ class Meter:
                 llm_calls=calls,
             )
             self._counters.add(period.key, amounts, _extra(agent, "period", period))
+
+    def _token_quota(self, agent: str) -> bool:
+        standing = self._policies.standing(agent)
+        return standing is not None and standing.policy.tokens_per_period is not None
 
 
 def _rate_limit(policy: Policy) -> int | None:
@@ -327,7 +343,8 @@ class PolicyAuthorizer:
         """
         self._policies.refresh()
         self._meter.observe(self._policies.revision)
-        self._meter.flush_charges()  # tokens of calls answered so far count before the next admission
+        # Tokens of calls answered so far count before the next LLM call of an agent with a token quota.
+        self._meter.flush_charges({ask.agent for ask in asks if served_by(ask.request.syscall) == "llm"})
         verdicts: list[Admission | Refused | None] = [None] * len(asks)
         metered: dict[str, tuple[Standing, list[int]]] = {}
         for i, ask in enumerate(asks):
