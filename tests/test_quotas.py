@@ -126,6 +126,30 @@ def test_copies_of_a_stored_memory_add_change_nothing(
     assert decisions == ["accepted", "completed"]
 
 
+def test_a_message_id_once_answered_is_never_run_again(
+    world: World, make_scheduler: Any, registry: AgentRegistry
+) -> None:
+    """A call under a message id stored with a failure or with another syscall gets that reply and runs nothing."""
+    make_scheduler().start()
+    url = registry.add("reuse", "--memory-notes", "1", "--memory-bytes", "1000")
+    with Client(url, timeout=20) as client:
+        kept = client.request("memory.add", {"content": "the one note"}, message_id="reuse-1")
+        refused = client.request("memory.add", {"content": "one too many"}, message_id="reuse-2")
+        client.memory.delete(kept.result["id"])  # room again: a copy must still not store its note
+        again = client.request("memory.add", {"content": "one too many"}, message_id="reuse-2")
+        missing = client.request("memory.get", {"id": "n_nothing"}, message_id="reuse-3")
+        other = client.request("memory.add", {"content": "under a read's id"}, message_id="reuse-3")
+    assert refused.error is not None and refused.error.code.value == "quota_exceeded"
+    assert again.model_dump(exclude={"timings"}) == refused.model_dump(exclude={"timings"})
+    assert missing.error is not None and missing.error.code.value == "not_found"
+    assert other.model_dump(exclude={"timings"}) == missing.model_dump(exclude={"timings"})
+    db = world.db()
+    agent = registry.name("reuse")
+    assert db.memory.count_documents({"agent": agent, "deleted": False}) == 0
+    doc = db.counters.find_one({"_id": f"{agent}:memory"})
+    assert doc is not None and (doc["notes"], doc["bytes"]) == (0, 0)
+
+
 def test_policy_gates_syscalls_and_clamps_priority(world: World, make_scheduler: Any, registry: AgentRegistry) -> None:
     make_scheduler().start()
     url = registry.add("narrow", "--allow", "memory.add", "--allow", "memory.get", "--max-priority", "2")

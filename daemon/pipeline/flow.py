@@ -37,7 +37,6 @@ from aiosd.daemon.pipeline.intake import Accepted, Intake, Rejected, reply_allow
 from aiosd.daemon.pipeline.kernel import Kernel
 from aiosd.daemon.pipeline.poison import PoisonGuard
 from aiosd.daemon.pipeline.records import Envelope, Lookup, Records, elapsed_ms, record_key
-from aiosd.daemon.pipeline.repeatable import REPEATABLE
 from aiosd.daemon.services.context import CallContext
 from aiosd.daemon.store import Doc
 from aiosd.daemon.transport.delivery import Delivery, ack_all
@@ -117,19 +116,20 @@ class Completion:
             self._send_stored([env for env, _ in finished if id(env) not in winners])
 
     def _send_stored(self, lost: list[Envelope]) -> None:
-        """Copies that ran while, or after, another copy committed first: they get its reply."""
+        """Copies that ran while another copy (elsewhere) committed first: they get its reply."""
         stored = self._records.results_of([env.key for env in lost])
         for env in lost:
             doc = stored.get(env.key)
             if doc is not None:
-                self.answer_copy(env, doc)
+                self.answer_copy(env, doc, live=False)
 
-    def answer_copy(self, env: Envelope, doc: Doc) -> None:
+    def answer_copy(self, env: Envelope, doc: Doc, live: bool = True) -> None:
         """A copy of a stored call: answer it with the stored reply, or once the call finishes.
 
         A task's call replayed after a crash must be the call stored under its
         message id: a program that made a different call diverged (see the
-        README, "Durable execution") and is told so instead.
+        README, "Durable execution") and is told so instead. ``live``: the
+        copy's key may have a live record, retired once the reply is sent.
         """
         if env.request.task is not None and (diverged := _divergence(env, doc)) is not None:
             log.warning("replay_diverged", message_id=env.message_id, agent=env.agent, task=env.request.task.id)
@@ -138,9 +138,9 @@ class Completion:
                 self._outbox.reply(env.reply_to, env.correlation_id, failure, _noop)
             return
         if doc.get("reply"):
-            # A re-published or redelivered duplicate: answered with the reply stored first.
+            # A re-published or redelivered duplicate: answer again, never re-run.
             log.info("duplicate_answered", message_id=env.message_id, agent=env.agent)
-            self.send(env, Reply.model_validate(doc["reply"]))
+            self.send(env, Reply.model_validate(doc["reply"]), live)
         else:
             log.info("duplicate_in_progress", message_id=env.message_id, agent=env.agent)
             self.answer_later(env)
@@ -356,7 +356,7 @@ class Pipeline:
         return Work([a for _, a in accepted if id(a.envelope) in fresh], duplicates, direct, lookup)
 
     def _look_ahead(self, batch: list[Delivery]) -> LookAhead | None:
-        """Start looking up the stored copies of the deliveries that name a kernel call read first.
+        """Start looking up the stored copies of the deliveries that name a kernel call.
 
         Keyed as the sender sent them (routing key, user, message id); a call
         that turns out to be keyed otherwise (a task runner acting for its
@@ -365,7 +365,7 @@ class Pipeline:
         keys = [
             record_key(d.user_id, d.message_id)
             for d in batch
-            if d.user_id and d.message_id and d.routing_key in CATALOGUE and _looked_up(d.routing_key)
+            if d.user_id and d.message_id and d.routing_key in CATALOGUE and not is_leased(d.routing_key)
         ]
         if not keys:
             return None
@@ -383,9 +383,7 @@ class Pipeline:
         The unacknowledged message is the durable record: after a crash RabbitMQ
         redelivers it and it runs again (kernel syscalls are idempotent on their
         message id); a copy that arrives once its result is stored is answered
-        from it: looked up before it runs, or, for the calls of :mod:`.repeatable`,
-        once committing its reply meets the stored one. Copies of a call running
-        on another thread wait for its reply.
+        from it. Copies of a call running on another thread wait for its reply.
         Returns ``True`` once done (see :meth:`_guarded`).
         """
         firsts: dict[str, Accepted] = {}
@@ -396,7 +394,7 @@ class Pipeline:
             else:
                 firsts[a.envelope.key] = a
         try:
-            stored = self._stored([k for k, a in firsts.items() if _looked_up(a.envelope.request.syscall)], lookup)
+            stored = self._stored(list(firsts), lookup)
             for key, doc in stored.items():
                 env = firsts.pop(key).envelope
                 self._release(key)
@@ -579,11 +577,6 @@ def _divergence(env: Envelope, doc: Doc) -> str | None:
             " the program must make the same syscalls in the same order on every run"
         )
     return None
-
-
-def _looked_up(syscall: str) -> bool:
-    """Whether a served-now call's stored copy is read before it runs (see :mod:`.repeatable`)."""
-    return not is_leased(syscall) and syscall not in REPEATABLE
 
 
 def _known(syscall: str | None) -> str:
