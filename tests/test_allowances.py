@@ -125,12 +125,17 @@ def test_a_counter_without_a_limit_is_written_once_per_settle(db: Any) -> None:
     assert doc is not None and doc["requests"] == 99 and doc["agent"] == "ann" and doc["prompt_tokens"] == 0
 
 
-def test_a_narrowed_limit_sees_only_the_calls_admitted(db: Any) -> None:
-    """Blocks reserved under the old policy are given back before the new one admits anything."""
+def _admission(db: Any, counters: Counters) -> tuple[Directory, Clock, Meter, PolicyAuthorizer]:
+    """An agents' directory, a clock, and the meter and authorizer of one scheduler on ``counters``."""
     directory, clock = Directory(db["agents"]), Clock()
     policies = PolicyLookup(directory, clock=clock)
-    counters = Counters(db["counters"])
-    authorizer = PolicyAuthorizer(policies, Meter(counters, policies, Allowances(counters, clock)))
+    meter = Meter(counters, policies, Allowances(counters, clock))
+    return directory, clock, meter, PolicyAuthorizer(policies, meter)
+
+
+def test_a_narrowed_limit_sees_only_the_calls_admitted(db: Any) -> None:
+    """Blocks reserved under the old policy are given back before the new one admits anything."""
+    directory, clock, _, authorizer = _admission(db, Counters(db["counters"]))
     directory.create("ann", Policy(rate_limit=RateLimit(requests=100_000, seconds=3600)), external=False)
     for _ in range(200):
         assert isinstance(authorizer.authorize_many(_asks("ann"))[0], Admission)
@@ -148,11 +153,8 @@ def test_a_narrowed_limit_sees_only_the_calls_admitted(db: Any) -> None:
 
 
 def test_the_period_count_of_an_unlimited_agent_is_written_by_the_periodic_job(db: Any) -> None:
-    directory, clock = Directory(db["agents"]), Clock()
-    policies = PolicyLookup(directory, clock=clock)
     counters = CountingCounters(db["counters"])
-    meter = Meter(counters, policies, Allowances(counters, clock))
-    authorizer = PolicyAuthorizer(policies, meter)
+    directory, _, meter, authorizer = _admission(db, counters)
     directory.create("ann", Policy(rate_limit=None, requests_per_period=None), external=False)
     for _ in range(20):
         assert all(isinstance(v, Admission) for v in authorizer.authorize_many(_asks("ann", 3)))
@@ -173,11 +175,7 @@ def _period_tokens(db: Any, agent: str) -> int:
 
 def test_token_charges_are_written_before_admission_only_under_a_token_quota(db: Any) -> None:
     """An agent's answered tokens count before its next LLM call is admitted when a token quota needs them."""
-    directory, clock = Directory(db["agents"]), Clock()
-    policies = PolicyLookup(directory, clock=clock)
-    counters = Counters(db["counters"])
-    meter = Meter(counters, policies, Allowances(counters, clock))
-    authorizer = PolicyAuthorizer(policies, meter)
+    directory, _, meter, authorizer = _admission(db, Counters(db["counters"]))
     directory.create("ann", Policy(tokens_per_period=None, rate_limit=None, requests_per_period=None), external=False)
     directory.create("bob", Policy(tokens_per_period=100, rate_limit=None, requests_per_period=None), external=False)
     for agent in ("ann", "bob"):

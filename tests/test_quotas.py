@@ -100,13 +100,29 @@ def test_memory_quota(world: World, make_scheduler: Any, registry: AgentRegistry
     assert doc is not None and doc["notes"] == 3 and doc["bytes"] == len("note 1note 2room again")
 
 
+def memory_client(make_scheduler: Any, registry: AgentRegistry, name: str, notes: int) -> Client:
+    """A scheduler, and a client of a new agent allowed ``notes`` notes of 1000 bytes in all."""
+    make_scheduler().start()
+    return Client(registry.add(name, "--memory-notes", str(notes), "--memory-bytes", "1000"), timeout=20)
+
+
+def same_reply(a: Reply, b: Reply) -> bool:
+    """The same reply, sent again (its timings aside)."""
+    return a.model_dump(exclude={"timings"}) == b.model_dump(exclude={"timings"})
+
+
+def memory_usage(world: World, agent: str) -> tuple[int, int]:
+    """The agent's memory counter: (notes, bytes)."""
+    doc = world.db().counters.find_one({"_id": f"{agent}:memory"})
+    assert doc is not None
+    return int(doc["notes"]), int(doc["bytes"])
+
+
 def test_copies_of_a_stored_memory_add_change_nothing(
     world: World, make_scheduler: Any, registry: AgentRegistry
 ) -> None:
     """A copy of a completed ``memory.add`` gets the stored reply: at the quota, and after its note was deleted."""
-    make_scheduler().start()
-    url = registry.add("again", "--memory-notes", "2", "--memory-bytes", "1000")
-    with Client(url, timeout=20) as client:
+    with memory_client(make_scheduler, registry, "again", notes=2) as client:
         first = client.request("memory.add", {"content": "first note"}, message_id="again-1")
         client.request("memory.add", {"content": "second note"}, message_id="again-2")
         at_quota = client.request("memory.add", {"content": "first note"}, message_id="again-1")
@@ -115,14 +131,11 @@ def test_copies_of_a_stored_memory_add_change_nothing(
         with pytest.raises(CallError) as gone:
             client.memory.get(first.result["id"])
     assert first.status.value == "ok"
-    assert at_quota.model_dump(exclude={"timings"}) == first.model_dump(exclude={"timings"})
-    assert after_delete.model_dump(exclude={"timings"}) == first.model_dump(exclude={"timings"})
+    assert same_reply(at_quota, first) and same_reply(after_delete, first)
     assert gone.value.code == "not_found"  # the copy did not bring the note back
-    db = world.db()
     agent = registry.name("again")
-    doc = db.counters.find_one({"_id": f"{agent}:memory"})
-    assert doc is not None and (doc["notes"], doc["bytes"]) == (1, len("second note"))
-    decisions = [a["decision"] for a in db.audit.find({"agent": agent, "message_id": "again-1"}).sort("seq", 1)]
+    assert memory_usage(world, agent) == (1, len("second note"))
+    decisions = [a["decision"] for a in world.db().audit.find({"agent": agent, "message_id": "again-1"}).sort("seq", 1)]
     assert decisions == ["accepted", "completed"]
 
 
@@ -130,9 +143,7 @@ def test_a_message_id_once_answered_is_never_run_again(
     world: World, make_scheduler: Any, registry: AgentRegistry
 ) -> None:
     """A call under a message id stored with a failure or with another syscall gets that reply and runs nothing."""
-    make_scheduler().start()
-    url = registry.add("reuse", "--memory-notes", "1", "--memory-bytes", "1000")
-    with Client(url, timeout=20) as client:
+    with memory_client(make_scheduler, registry, "reuse", notes=1) as client:
         kept = client.request("memory.add", {"content": "the one note"}, message_id="reuse-1")
         refused = client.request("memory.add", {"content": "one too many"}, message_id="reuse-2")
         client.memory.delete(kept.result["id"])  # room again: a copy must still not store its note
@@ -140,14 +151,11 @@ def test_a_message_id_once_answered_is_never_run_again(
         missing = client.request("memory.get", {"id": "n_nothing"}, message_id="reuse-3")
         other = client.request("memory.add", {"content": "under a read's id"}, message_id="reuse-3")
     assert refused.error is not None and refused.error.code.value == "quota_exceeded"
-    assert again.model_dump(exclude={"timings"}) == refused.model_dump(exclude={"timings"})
     assert missing.error is not None and missing.error.code.value == "not_found"
-    assert other.model_dump(exclude={"timings"}) == missing.model_dump(exclude={"timings"})
-    db = world.db()
+    assert same_reply(again, refused) and same_reply(other, missing)
     agent = registry.name("reuse")
-    assert db.memory.count_documents({"agent": agent, "deleted": False}) == 0
-    doc = db.counters.find_one({"_id": f"{agent}:memory"})
-    assert doc is not None and (doc["notes"], doc["bytes"]) == (0, 0)
+    assert world.db().memory.count_documents({"agent": agent, "deleted": False}) == 0
+    assert memory_usage(world, agent) == (0, 0)
 
 
 def test_policy_gates_syscalls_and_clamps_priority(world: World, make_scheduler: Any, registry: AgentRegistry) -> None:
