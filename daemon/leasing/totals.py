@@ -7,7 +7,9 @@ calls are counted by :mod:`aiosd.daemon.access`), so they are added up here and
 written by :meth:`UsageTotals.write` every
 :data:`~aiosd.daemon.runtime.wiring.CHARGE_INTERVAL` and at shutdown: one
 update for each agent with calls since the last write. A crash loses
-the last interval's totals, as it loses the last token charges.
+the last interval's totals, as it loses the last token charges. An update
+that fails is tried again with the next write (one the server applied before
+its connection broke is then counted twice: the totals only inform).
 """
 
 from __future__ import annotations
