@@ -178,11 +178,11 @@ class CacheRouter:
             able = {wid: m for wid, m in able.items() if wid not in reserved}
             if not able:
                 self._no_room.add(model)
-        barred = reserved if interactive else reserved | self._heavy_for_standby(record)
-        able = {wid: m for wid, m in able.items() if wid not in barred}
+        heavy = frozenset[str]() if interactive else self._heavy_for_standby(record)
+        able = {wid: m for wid, m in able.items() if wid not in heavy}
         if not able:
             return None
-        contenders = self._contenders(record, members, able, barred)
+        contenders = self._contenders(record, members, able, reserved | heavy)
         rank = self._ranking(record, contenders)
         best = max(contenders, key=rank)
         if best in able:

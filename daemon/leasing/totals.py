@@ -68,7 +68,12 @@ class UsageTotals:
             self._col.update_one({"_id": agent}, update)
 
 
+def tally(into: Spent, agent: str, usage: Usage, calls: int = 1) -> None:
+    """Add ``calls`` LLM calls that used ``usage`` to ``agent``'s entry of ``into``."""
+    total, count = into.get(agent, (Usage(), 0))
+    into[agent] = (total.plus(usage), count + calls)
+
+
 def _merge(into: Spent, spent: Spent) -> None:
     for agent, (usage, calls) in spent.items():
-        total, count = into.get(agent, (Usage(), 0))
-        into[agent] = (total.plus(usage), count + calls)
+        tally(into, agent, usage, calls)

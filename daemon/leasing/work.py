@@ -18,7 +18,7 @@ from pymongo.collection import Collection
 
 from aiosd.daemon.leasing.book import LeaseBook
 from aiosd.daemon.leasing.fleet import Fleet
-from aiosd.daemon.leasing.totals import UsageTotals
+from aiosd.daemon.leasing.totals import Spent, UsageTotals, tally
 from aiosd.daemon.pipeline.records import Envelope, elapsed_ms, envelope_from_record, live_record
 from aiosd.daemon.services.sessions import SessionService, fit
 from aiosd.daemon.store import Doc
@@ -162,7 +162,7 @@ class LeasedWork:
         """Reply to settled calls: one read of their records, one commit; usage added up for the periodic write."""
         records = self.book.read([entry["_id"] for entry, _ in done], ended=True)
         finished: list[tuple[Envelope, Reply]] = []
-        spent: dict[str, tuple[Usage, int]] = {}
+        spent: Spent = {}
         for entry, out in done:
             record = records.get(entry["_id"])
             if record is None:  # finished and retired already: a late duplicate
@@ -175,8 +175,7 @@ class LeasedWork:
             else:
                 result = _chat_result(out, entry)
                 _count_tokens(out.model or str(entry.get("model") or "unknown"), env.agent, usage)
-                total, calls = spent.get(env.agent, (Usage(), 0))
-                spent[env.agent] = (total.plus(usage), calls + 1)
+                tally(spent, env.agent, usage)
                 self._remember(env, out)
             run_ms = float(entry.get("run_ms") or 0.0)
             timings = Timings(
@@ -267,7 +266,7 @@ class LeasedWork:
             return None
         return envelope_from_record(record)
 
-    def _account(self, spent: dict[str, tuple[Usage, int]]) -> None:
+    def _account(self, spent: Spent) -> None:
         """Add tokens and LLM calls to each agent's totals (written periodically) and quota period."""
         if not spent:
             return
