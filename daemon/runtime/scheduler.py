@@ -48,9 +48,13 @@ class Scheduler:
         self._outbox = self.graph.outbox
         self._broker: Broker | None = None
         self._serving = 0  # ingress batches being served now
+        self._applying = 0  # event batches being applied now
         self._serving_lock = threading.Lock()
-        self._batcher = Batcher(settings.batch_size, settings.batch_wait_ms / 1000.0, self._on_batch, self._idle)
-        self._events = Batcher(settings.batch_size, settings.batch_wait_ms / 1000.0, self._on_event_batch)
+        wait = settings.batch_wait_ms / 1000.0
+        self._batcher = Batcher(
+            settings.batch_size, wait, self._on_batch, busy=self._serving_ingress, urgent=settings.interactive_priority
+        )
+        self._events = Batcher(settings.batch_size, wait, self._on_event_batch, busy=self._applying_events)
 
     def submit(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the syscall threads, tracked as in-flight work."""
@@ -212,17 +216,44 @@ class Scheduler:
         finally:
             with self._serving_lock:
                 self._serving -= 1
+                free = self._serving == 0
+            self._wake_if_gathering(free, self._batcher)
 
-    def _idle(self) -> bool:
-        """No ingress batch is being served: a delivery need not wait for others."""
+    def _serving_ingress(self) -> bool:
+        """An ingress batch is being served: the next one gathers meanwhile (see :class:`Batcher`)."""
         with self._serving_lock:
-            return self._serving == 0
+            return self._serving > 0
+
+    def _applying_events(self) -> bool:
+        with self._serving_lock:
+            return self._applying > 0
+
+    def _wake_if_gathering(self, free: bool, batcher: Batcher) -> None:
+        """The last batch of its kind is done: the connection thread hands on what gathered meanwhile.
+
+        A delivery added after the count fell goes on at once by itself, so a
+        stale read of the batcher's length (another thread's list) loses nothing.
+        """
+        broker = self._broker
+        if free and len(batcher) and broker is not None:
+            broker.wake()
 
     def _on_event(self, d: Delivery) -> None:
         self._events.add(d)
 
     def _on_event_batch(self, batch: list[Delivery]) -> None:
-        self.submit(lambda: self._handle_events(batch))
+        with self._serving_lock:
+            self._applying += 1
+        self.submit(lambda: self._apply_events(batch))
+
+    def _apply_events(self, batch: list[Delivery]) -> None:
+        try:
+            self._handle_events(batch)
+        finally:
+            with self._serving_lock:
+                self._applying -= 1
+                free = self._applying == 0
+            self._wake_if_gathering(free, self._events)
 
     def _handle_events(self, batch: list[Delivery]) -> None:
         """Apply a batch of worker events; acknowledge them once applied."""

@@ -130,6 +130,10 @@ class Broker:
         """Run I/O and queued callbacks for up to ``seconds``."""
         self._conn.process_data_events(time_limit=seconds)
 
+    def wake(self) -> None:
+        """Make the connection thread return from :meth:`pump` soon (thread-safe; one wake-up for many)."""
+        self._later(_nothing)
+
     def close(self) -> None:
         """Close the connection (idempotent)."""
         if self._conn.is_open:
@@ -276,3 +280,7 @@ class Broker:
 
 def _safe(params: pika.URLParameters) -> str:
     return f"{params.host}:{params.port}{params.virtual_host}"
+
+
+def _nothing() -> None:
+    pass

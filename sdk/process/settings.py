@@ -38,10 +38,13 @@ class Settings(BaseSettings):
         description="Group commit: at most this many deliveries are admitted and stored together.",
     )
     batch_wait_ms: float = Field(
-        default=2.0,
+        default=20.0,
         ge=0,
         le=1000,
-        description="Group commit: a delivery waits at most this long for others to join it.",
+        description=(
+            "Group commit: while a batch is being served the next one gathers, for at most this long;"
+            " with nothing being served a delivery goes at once."
+        ),
     )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Larger requests are refused.")
     dev_allow_anonymous: bool = Field(
@@ -125,7 +128,10 @@ class Settings(BaseSettings):
         default=9,
         ge=0,
         le=9,
-        description="cache_aware: calls of this priority or higher are interactive (they use the interactive lane).",
+        description=(
+            "Calls of this priority or higher are interactive: they never wait for a batch to gather,"
+            " and with cache_aware they use the interactive lane."
+        ),
     )
     interactive_workers: int = Field(
         default=1,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from typing import Any
 
@@ -170,13 +171,13 @@ def test_a_batch_keeps_its_order_and_mixes_rejections_with_admissions() -> None:
     assert not isinstance(third, Rejected) and third.envelope.priority == 7
 
 
-def test_a_lone_delivery_goes_at_once_when_nothing_is_being_served_and_gathers_otherwise() -> None:
+def test_a_delivery_goes_at_once_when_nothing_is_being_served_and_gathers_while_a_batch_is() -> None:
     from aiosd.daemon.transport.batcher import Batcher
 
     flushed: list[int] = []
     busy = {"serving": False}
-    batcher = Batcher(4, 10.0, lambda b: flushed.append(len(b)), idle=lambda: not busy["serving"])
-    batcher.add(_delivery(ADD))  # idle and light: at once
+    batcher = Batcher(4, 10.0, lambda b: flushed.append(len(b)), busy=lambda: busy["serving"], urgent=9)
+    batcher.add(_delivery(ADD))  # nothing being served: at once
     assert flushed == [1]
     busy["serving"] = True
     for _ in range(3):
@@ -184,6 +185,26 @@ def test_a_lone_delivery_goes_at_once_when_nothing_is_being_served_and_gathers_o
     assert flushed == [1] and len(batcher) == 3 and not batcher.due()  # gathering while a batch is served
     batcher.add(_delivery(ADD))  # full
     assert flushed == [1, 4]
-    busy["serving"] = False
-    batcher.add(_delivery(ADD))  # the last batch was large: wait for others even when idle
-    assert flushed == [1, 4] and len(batcher) == 1
+    batcher.add(_delivery(ADD))
+    batcher.add(_delivery(ADD))
+    assert flushed == [1, 4] and not batcher.due()
+    busy["serving"] = False  # the batch being served is done: what gathered meanwhile is due
+    assert batcher.due()
+    batcher.flush()
+    assert flushed == [1, 4, 2]
+
+
+def test_an_urgent_delivery_takes_what_gathered_with_it_and_a_slow_batch_holds_the_next_back_only_so_long() -> None:
+    from aiosd.daemon.transport.batcher import Batcher
+
+    flushed: list[list[int | None]] = []
+    batcher = Batcher(64, 0.05, lambda b: flushed.append([d.priority for d in b]), busy=lambda: True, urgent=9)
+    batcher.add(_delivery(ADD, priority=3))
+    batcher.add(_delivery(ADD, priority=None))
+    assert flushed == []
+    batcher.add(_delivery(ADD, priority=9))  # interactive work does not wait for group commit
+    assert flushed == [[3, None, 9]]
+    batcher.add(_delivery(ADD))
+    assert not batcher.due() and 0 < batcher.wait(1.0) <= 0.05
+    time.sleep(0.06)  # a batch still being served holds the next one back by max_wait at most
+    assert batcher.due() and batcher.wait(1.0) == 0.0
