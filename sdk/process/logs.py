@@ -12,7 +12,16 @@ from typing import Any
 
 import structlog
 
-_QUIET = {"pika": logging.WARNING, "pymongo": logging.WARNING, "amqp": logging.WARNING, "kombu": logging.WARNING}
+#: Libraries kept to their warnings. httpx would log every backend request at INFO, a line per LLM call
+#: that the worker's own ``lease_settled`` already gives with the call's key and outcome.
+_QUIET = {
+    "pika": logging.WARNING,
+    "pymongo": logging.WARNING,
+    "amqp": logging.WARNING,
+    "kombu": logging.WARNING,
+    "httpx": logging.WARNING,
+    "httpcore": logging.WARNING,
+}
 
 
 def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
