@@ -88,11 +88,13 @@ def test_a_duplicate_of_a_running_call_gets_the_reply_when_the_call_finishes(
 def test_two_copies_of_one_call_in_one_batch_run_it_once_and_both_are_answered(
     world: World, make_scheduler: Callable[..., SchedulerProcess]
 ) -> None:
-    # A long batch wait puts both copies (as a client's reconnect may publish them) in one batch.
+    # A call goes on at once and the copies (as a client's reconnect may publish them), arriving while its
+    # batch is served, gather behind it into one batch (the long batch wait keeps them gathering).
     make_scheduler(batch_wait_ms="300").start()
     first, again = RawAgent(world.amqp_url()), RawAgent(world.amqp_url())
     try:
         body = json.dumps({"syscall": "memory.add", "args": {"content": "copied"}}).encode()
+        first.publish(json.dumps({"syscall": "memory.add", "args": {"content": "lead"}}).encode(), message_id="lead")
         first.publish(body, message_id="twice-in-a-batch")
         again.publish(body, message_id="twice-in-a-batch")
         one, two = first.wait("twice-in-a-batch", timeout=15), again.wait("twice-in-a-batch", timeout=15)

@@ -23,7 +23,11 @@ def main() -> None:
 @click.option("--prefetch", type=int, help="Unacked deliveries in flight (env AIOSD_PREFETCH).")
 @click.option("--threads", type=int, help="Threads serving syscalls (env AIOSD_THREADS).")
 @click.option("--batch-size", type=int, help="Deliveries committed together (env AIOSD_BATCH_SIZE).")
-@click.option("--batch-wait-ms", type=float, help="Longest wait for a batch to fill (env AIOSD_BATCH_WAIT_MS).")
+@click.option(
+    "--batch-wait-ms",
+    type=float,
+    help="Longest wait of a batch gathering while another is served (env AIOSD_BATCH_WAIT_MS).",
+)
 @click.option("--shutdown-timeout", type=float, help="Seconds to finish in-flight work on SIGTERM.")
 @click.option(
     "--dev-allow-anonymous",

@@ -9,7 +9,6 @@ back to RabbitMQ when the connection closes.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 
@@ -17,7 +16,7 @@ import pika.exceptions
 
 from aiosd.daemon.pipeline.flow import RETRY_PAUSE, TRANSIENT
 from aiosd.daemon.runtime.wiring import SchedulerGraph, build_scheduler
-from aiosd.daemon.transport.batcher import Batcher
+from aiosd.daemon.transport.batcher import Batcher, Serving
 from aiosd.daemon.transport.broker import AMQP_ERRORS, Broker
 from aiosd.daemon.transport.delivery import Delivery, ack_all
 from aiosd.sdk.cluster import EVENTS_QUEUE, Goodbye, Heartbeat, Outcome, decode_event
@@ -47,14 +46,11 @@ class Scheduler:
         self._threads = self.graph.threads
         self._outbox = self.graph.outbox
         self._broker: Broker | None = None
-        self._serving = 0  # ingress batches being served now
-        self._applying = 0  # event batches being applied now
-        self._serving_lock = threading.Lock()
+        self._serving = Serving()  # ingress batches being served now
+        self._applying = Serving()  # event batches being applied now
         wait = settings.batch_wait_ms / 1000.0
-        self._batcher = Batcher(
-            settings.batch_size, wait, self._on_batch, busy=self._serving_ingress, urgent=settings.interactive_priority
-        )
-        self._events = Batcher(settings.batch_size, wait, self._on_event_batch, busy=self._applying_events)
+        self._batcher = Batcher(settings.batch_size, wait, self._on_batch, busy=self._serving.busy)
+        self._events = Batcher(settings.batch_size, wait, self._on_event_batch, busy=self._applying.busy)
 
     def submit(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the syscall threads, tracked as in-flight work."""
@@ -206,54 +202,39 @@ class Scheduler:
         self._batcher.add(d)
 
     def _on_batch(self, batch: list[Delivery]) -> None:
-        with self._serving_lock:
-            self._serving += 1
-        self.submit(lambda: self._serve(batch))
+        self._serving.started()
+        self._submit_counted(lambda: self._serve(batch), self._serving, self._batcher)
 
     def _serve(self, batch: list[Delivery]) -> None:
         try:
             self.pipeline.handle(batch)
         finally:
-            with self._serving_lock:
-                self._serving -= 1
-                free = self._serving == 0
-            self._wake_if_gathering(free, self._batcher)
+            self._serving.done(self._batcher, self._wake)
 
-    def _serving_ingress(self) -> bool:
-        """An ingress batch is being served: the next one gathers meanwhile (see :class:`Batcher`)."""
-        with self._serving_lock:
-            return self._serving > 0
+    def _submit_counted(self, fn: Callable[[], None], serving: Serving, gathered: Batcher) -> None:
+        try:
+            self.submit(fn)
+        except BaseException:  # the pool is shut down: the batch is not served, so not counted either
+            serving.done(gathered, None)
+            raise
 
-    def _applying_events(self) -> bool:
-        with self._serving_lock:
-            return self._applying > 0
-
-    def _wake_if_gathering(self, free: bool, batcher: Batcher) -> None:
-        """The last batch of its kind is done: the connection thread hands on what gathered meanwhile.
-
-        A delivery added after the count fell goes on at once by itself, so a
-        stale read of the batcher's length (another thread's list) loses nothing.
-        """
+    def _wake(self) -> None:
         broker = self._broker
-        if free and len(batcher) and broker is not None:
+        if broker is not None:
             broker.wake()
 
     def _on_event(self, d: Delivery) -> None:
         self._events.add(d)
 
     def _on_event_batch(self, batch: list[Delivery]) -> None:
-        with self._serving_lock:
-            self._applying += 1
-        self.submit(lambda: self._apply_events(batch))
+        self._applying.started()
+        self._submit_counted(lambda: self._apply_events(batch), self._applying, self._events)
 
     def _apply_events(self, batch: list[Delivery]) -> None:
         try:
             self._handle_events(batch)
         finally:
-            with self._serving_lock:
-                self._applying -= 1
-                free = self._applying == 0
-            self._wake_if_gathering(free, self._events)
+            self._applying.done(self._events, self._wake)
 
     def _handle_events(self, batch: list[Delivery]) -> None:
         """Apply a batch of worker events; acknowledge them once applied."""

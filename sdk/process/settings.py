@@ -128,10 +128,7 @@ class Settings(BaseSettings):
         default=9,
         ge=0,
         le=9,
-        description=(
-            "Calls of this priority or higher are interactive: they never wait for a batch to gather,"
-            " and with cache_aware they use the interactive lane."
-        ),
+        description="cache_aware: calls of this priority or higher are interactive (they use the interactive lane).",
     )
     interactive_workers: int = Field(
         default=1,

@@ -176,7 +176,7 @@ def test_a_delivery_goes_at_once_when_nothing_is_being_served_and_gathers_while_
 
     flushed: list[int] = []
     busy = {"serving": False}
-    batcher = Batcher(4, 10.0, lambda b: flushed.append(len(b)), busy=lambda: busy["serving"], urgent=9)
+    batcher = Batcher(4, 10.0, lambda b: flushed.append(len(b)), busy=lambda: busy["serving"])
     batcher.add(_delivery(ADD))  # nothing being served: at once
     assert flushed == [1]
     busy["serving"] = True
@@ -194,17 +194,39 @@ def test_a_delivery_goes_at_once_when_nothing_is_being_served_and_gathers_while_
     assert flushed == [1, 4, 2]
 
 
-def test_an_urgent_delivery_takes_what_gathered_with_it_and_a_slow_batch_holds_the_next_back_only_so_long() -> None:
+def test_a_slow_batch_holds_the_next_one_back_by_the_batch_wait_at_most() -> None:
     from aiosd.daemon.transport.batcher import Batcher
 
-    flushed: list[list[int | None]] = []
-    batcher = Batcher(64, 0.05, lambda b: flushed.append([d.priority for d in b]), busy=lambda: True, urgent=9)
-    batcher.add(_delivery(ADD, priority=3))
-    batcher.add(_delivery(ADD, priority=None))
-    assert flushed == []
-    batcher.add(_delivery(ADD, priority=9))  # interactive work does not wait for group commit
-    assert flushed == [[3, None, 9]]
+    flushed: list[int] = []
+    batcher = Batcher(64, 0.5, lambda b: flushed.append(len(b)), busy=lambda: True)
     batcher.add(_delivery(ADD))
-    assert not batcher.due() and 0 < batcher.wait(1.0) <= 0.05
-    time.sleep(0.06)  # a batch still being served holds the next one back by max_wait at most
+    assert flushed == [] and not batcher.due() and 0 < batcher.wait(1.0) <= 0.5
+    time.sleep(0.55)
     assert batcher.due() and batcher.wait(1.0) == 0.0
+
+
+def test_the_last_batch_served_wakes_the_connection_thread_only_when_deliveries_gathered() -> None:
+    from aiosd.daemon.transport.batcher import Batcher, Serving
+
+    serving, wakes, flushed = Serving(), [], []
+
+    def hand_on(batch: list[Delivery]) -> None:
+        flushed.append(len(batch))
+        serving.started()
+
+    batcher = Batcher(64, 10.0, hand_on, busy=serving.busy)
+    batcher.add(_delivery(ADD))  # goes at once; being served from now on
+    batcher.add(_delivery(ADD))
+    batcher.add(_delivery(ADD))
+    assert flushed == [1] and len(batcher) == 2 and serving.busy()
+    serving.done(batcher, lambda: wakes.append(1))
+    assert wakes == [1] and not serving.busy() and batcher.due()  # the woken loop hands on the two
+    batcher.flush()
+    assert flushed == [1, 2]
+    serving.done(batcher, lambda: wakes.append(1))  # nothing gathered meanwhile: no wake-up
+    assert wakes == [1]
+    serving.started()
+    serving.started()
+    batcher.add(_delivery(ADD))
+    serving.done(batcher, lambda: wakes.append(1))  # another batch is still being served
+    assert wakes == [1] and not batcher.due()
