@@ -30,6 +30,7 @@ from aiosd.daemon.access.counters import (
 )
 from aiosd.daemon.access.directory import REVISION_GRACE, Directory, Standing
 from aiosd.daemon.access.policy import Policy, resource_of
+from aiosd.daemon.access.spending import Spent, tally
 from aiosd.daemon.errors import DaemonError
 from aiosd.daemon.store import Doc
 from aiosd.sdk.protocol import ErrorCode, Request, Usage, utcnow
@@ -134,7 +135,7 @@ class Meter:
         self._counters = counters
         self._policies = policies
         self._allowances = allowances or Allowances(counters)
-        self._charges: dict[str, tuple[Usage, int]] = {}
+        self._charges: Spent = {}
         self._charges_lock = threading.Lock()
         self._revision: int | None = None
         self._revision_lock = threading.Lock()
@@ -224,8 +225,7 @@ class Meter:
         everyone's by the periodic job (the others only inform).
         """
         with self._charges_lock:
-            total, n = self._charges.get(agent, (Usage(), 0))
-            self._charges[agent] = (total.plus(usage), n + calls)
+            tally(self._charges, agent, usage, calls)
 
     def flush_charges(self, before: set[str] | None = None) -> None:
         """Write the counted tokens to each agent's current quota period (one write per agent).

@@ -20,11 +20,9 @@ from datetime import datetime
 from pymongo.collection import Collection
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
+from aiosd.daemon.access.spending import Spent, tally
 from aiosd.daemon.store import Doc
-from aiosd.sdk.protocol import Usage, utcnow
-
-#: Per agent: the tokens and the number of LLM calls not written yet.
-Spent = dict[str, tuple[Usage, int]]
+from aiosd.sdk.protocol import utcnow
 
 
 class UsageTotals:
@@ -66,12 +64,6 @@ class UsageTotals:
         except DuplicateKeyError:
             # Another scheduler created the document first: it exists now.
             self._col.update_one({"_id": agent}, update)
-
-
-def tally(into: Spent, agent: str, usage: Usage, calls: int = 1) -> None:
-    """Add ``calls`` LLM calls that used ``usage`` to ``agent``'s entry of ``into``."""
-    total, count = into.get(agent, (Usage(), 0))
-    into[agent] = (total.plus(usage), count + calls)
 
 
 def _merge(into: Spent, spent: Spent) -> None:

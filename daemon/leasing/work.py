@@ -16,9 +16,10 @@ from typing import Any, Literal
 
 from pymongo.collection import Collection
 
+from aiosd.daemon.access.spending import Spent, tally
 from aiosd.daemon.leasing.book import LeaseBook
 from aiosd.daemon.leasing.fleet import Fleet
-from aiosd.daemon.leasing.totals import Spent, UsageTotals, tally
+from aiosd.daemon.leasing.totals import UsageTotals
 from aiosd.daemon.pipeline.records import Envelope, elapsed_ms, envelope_from_record, live_record
 from aiosd.daemon.services.sessions import SessionService, fit
 from aiosd.daemon.store import Doc

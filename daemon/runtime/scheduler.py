@@ -202,18 +202,26 @@ class Scheduler:
         self._batcher.add(d)
 
     def _on_batch(self, batch: list[Delivery]) -> None:
-        self._serving.started()
-        self._submit_counted(lambda: self._serve(batch), self._serving, self._batcher)
+        self._hand_on(lambda: self.pipeline.handle(batch), self._serving, self._batcher)
 
-    def _serve(self, batch: list[Delivery]) -> None:
-        try:
-            self.pipeline.handle(batch)
-        finally:
-            self._serving.done(self._batcher, self._wake)
+    def _on_event(self, d: Delivery) -> None:
+        self._events.add(d)
 
-    def _submit_counted(self, fn: Callable[[], None], serving: Serving, gathered: Batcher) -> None:
+    def _on_event_batch(self, batch: list[Delivery]) -> None:
+        self._hand_on(lambda: self._handle_events(batch), self._applying, self._events)
+
+    def _hand_on(self, serve: Callable[[], None], serving: Serving, gathered: Batcher) -> None:
+        """Serve a batch on the syscall threads, counted in ``serving`` while it runs (see :class:`Batcher`)."""
+
+        def counted() -> None:
+            try:
+                serve()
+            finally:
+                serving.done(gathered, self._wake)
+
+        serving.started()
         try:
-            self.submit(fn)
+            self.submit(counted)
         except BaseException:  # the pool is shut down: the batch is not served, so not counted either
             serving.done(gathered, None)
             raise
@@ -222,19 +230,6 @@ class Scheduler:
         broker = self._broker
         if broker is not None:
             broker.wake()
-
-    def _on_event(self, d: Delivery) -> None:
-        self._events.add(d)
-
-    def _on_event_batch(self, batch: list[Delivery]) -> None:
-        self._applying.started()
-        self._submit_counted(lambda: self._apply_events(batch), self._applying, self._events)
-
-    def _apply_events(self, batch: list[Delivery]) -> None:
-        try:
-            self._handle_events(batch)
-        finally:
-            self._applying.done(self._events, self._wake)
 
     def _handle_events(self, batch: list[Delivery]) -> None:
         """Apply a batch of worker events; acknowledge them once applied."""
