@@ -16,9 +16,10 @@ import pytest
 
 from aiosd.sdk import Client, Reply
 
-from .harness import World, lifetime_usage
+from .harness import HOST, MONGO_PORT, World, lifetime_usage
 from .rawamqp import RawAgent
 from .scripted_worker import ScriptedWorker, chat_args, wait_until
+from .tcpproxy import TcpProxy
 
 
 @pytest.fixture
@@ -193,3 +194,43 @@ def test_unknown_model_fails_clearly(world: World, make_scheduler: Any, workers:
         reply = client.request("llm.chat", chat_args(model="no-such-model"), timeout=30)
     assert reply.status.value == "error" and reply.error is not None
     assert reply.error.code.value == "invalid_args" and "scripted-model" in reply.error.message
+
+
+def test_answers_kept_through_a_store_outage(world: World, make_scheduler: Any, workers: list[ScriptedWorker]) -> None:
+    """Answers (and failures) arriving while the store is away are committed once it is back, each exactly once.
+
+    The calls leave the lease book when their answers settle, before the
+    replies are committed: without a retry of that commit nothing would answer
+    them (their redelivered answers find no lease) until a restart.
+    """
+    with TcpProxy(HOST, MONGO_PORT) as proxy:
+        sched = make_scheduler(mongo_url=proxy.url()).start()
+        w = spawn(world, workers, "w1", capacity=2)
+        with Client(world.amqp_url()) as client, ThreadPoolExecutor(2) as pool:
+            answered = ask(pool, client, session="outage")
+            first = w.next_lease()
+            failed = ask(pool, client)
+            second = w.next_lease()
+            proxy.cut()
+            w.finish(first, text="kept through the outage")
+            w.finish(second, status="error", error_code="invalid_args", error_message="refused", retryable=False)
+            parked = sched.wait_for("replies_parked", timeout=30)
+            assert not answered.done() and not failed.done()
+            proxy.mend()
+            sched.wait_for("parked_replies_retried", timeout=30)
+            reply, failure = answered.result(30), failed.result(30)
+    assert parked["calls"] >= 1
+    assert reply.status.value == "ok" and reply.result["text"] == "kept through the outage"
+    assert failure.status.value == "error" and failure.error is not None
+    assert (failure.error.code.value, failure.error.message) == ("invalid_args", "refused")
+    db = world.db()
+    assert db["results"].count_documents({"id": {"$in": [reply.id, failure.id]}}) == 2
+    session = db["sessions"].find_one({"_id": "guest/outage"})
+    assert session is not None and [m["role"] for m in session["messages"]] == ["user", "assistant"]
+    usage = lifetime_usage(db, "guest")
+    assert usage is not None and (usage["llm_calls"], usage["prompt_tokens"]) == (1, 5)
+    for call in (reply, failure):
+        ends = db["audit"].count_documents(
+            {"message_id": call.id, "decision": {"$in": ["completed", "failed"]}}
+        )
+        assert ends == 1, call.id

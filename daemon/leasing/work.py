@@ -18,8 +18,10 @@ from pymongo.collection import Collection
 
 from aiosd.daemon.access.spending import Spent, tally
 from aiosd.daemon.leasing.book import LeaseBook
+from aiosd.daemon.leasing.endings import Ending, Parked
 from aiosd.daemon.leasing.fleet import Fleet
 from aiosd.daemon.leasing.totals import UsageTotals
+from aiosd.daemon.pipeline.flow import TRANSIENT
 from aiosd.daemon.pipeline.records import Envelope, elapsed_ms, envelope_from_record, live_record
 from aiosd.daemon.services.sessions import SessionService, fit
 from aiosd.daemon.store import Doc
@@ -32,8 +34,9 @@ from aiosd.sdk.syscalls import served_by
 
 log = get_logger(__name__)
 
-#: Commits, audits and sends a batch of replies (:meth:`~aiosd.daemon.pipeline.flow.Completion.finish_many`).
-Finish = Callable[[list[tuple[Envelope, Reply]]], None]
+#: Commits, audits and sends a batch of replies (:meth:`~aiosd.daemon.pipeline.flow.Completion.finish_many`);
+#: ``True``: an earlier try of the same replies may have stored some of them.
+Finish = Callable[[list[tuple[Envelope, Reply]], bool], None]
 
 
 class LeasedWork:
@@ -65,6 +68,8 @@ class LeasedWork:
         self._on_usage = on_usage
         #: Whether a call whose lease was lost may run again (not an irreversible tool's).
         self._may_retry = may_retry or (lambda _doc: True)
+        #: Calls out of the book whose reply could not be committed yet (see :mod:`.endings`).
+        self.parked = Parked()
 
     def _wake(self) -> None:
         self._wakeup.set()  # the dispatcher runs a round soon
@@ -105,7 +110,7 @@ class LeasedWork:
 
     def on_events(self, events: list[Heartbeat | Goodbye | Outcome]) -> None:
         """Apply a batch of worker events, in order; the calls they complete are committed together."""
-        done: list[tuple[Doc, Outcome]] = []
+        done: list[Ending] = []
         for event in events:
             if not (isinstance(event, Outcome) and event.status == "done"):
                 self.on_event(event)
@@ -115,10 +120,10 @@ class LeasedWork:
             if entry is None:
                 self._log_stale(event, None)
             else:
-                done.append((entry, event))
+                done.append(Ending(entry, answer=event))
         if done:
             self._wake()
-            self._complete(done)
+            self._end(done)
 
     def on_event(self, event: Heartbeat | Goodbye | Outcome) -> None:
         """Apply one worker event."""
@@ -159,36 +164,73 @@ class LeasedWork:
         else:
             self._error(out)
 
-    def _complete(self, done: list[tuple[Doc, Outcome]]) -> None:
-        """Reply to settled calls: one read of their records, one commit; usage added up for the periodic write."""
-        records = self.book.read([entry["_id"] for entry, _ in done], ended=True)
-        finished: list[tuple[Envelope, Reply]] = []
-        spent: Spent = {}
-        for entry, out in done:
-            record = records.get(entry["_id"])
-            if record is None:  # finished and retired already: a late duplicate
-                log.warning("settled_call_gone", key=entry["_id"])
-                continue
-            env = envelope_from_record(record)
-            usage = Usage(**entry.get("usage") or {})
-            if entry["kind"] == "tools":
-                result: dict[str, Any] = out.result or {}
-            else:
-                result = _chat_result(out, entry)
-                _count_tokens(out.model or str(entry.get("model") or "unknown"), env.agent, usage)
-                tally(spent, env.agent, usage)
-                self._remember(env, out)
-            run_ms = float(entry.get("run_ms") or 0.0)
-            timings = Timings(
-                queue_ms=round(max(elapsed_ms(env.received_at) - run_ms, 0.0), 3), run_ms=round(run_ms, 3)
-            )
-            finished.append((env, Reply.ok(env.message_id, env.request.syscall, result, usage=usage, timings=timings)))
-        self._account(spent)
-        self._finish(finished)
+    # -- replies of calls out of the book -----------------------------------------------
 
-    def _remember(self, env: Envelope, out: Outcome) -> None:
-        """Extend the call's session with its messages and the answer."""
-        if env.request.session is None:
+    def retry_parked(self) -> None:
+        """Try again to commit the replies a transient store error held back (the housekeeping job)."""
+        endings = self.parked.take()
+        if endings:
+            log.info("parked_replies_retried", calls=len(endings))
+            self._end(endings, again=True)
+
+    def _end(self, endings: list[Ending], again: bool = False) -> None:
+        """Commit the replies of calls taken out of the book; parked if the store is away (never lost)."""
+        try:
+            self._commit(endings, again)
+        except TRANSIENT as exc:
+            self.parked.put(endings)
+            metrics.DATABASE_ERRORS.inc()
+            log.error("replies_parked", calls=len(endings), parked=len(self.parked), error=str(exc))
+
+    def _commit(self, endings: list[Ending], again: bool) -> None:
+        """One read of the records not read yet, each step once, one commit; usage added up for the periodic write."""
+        self._read_envelopes([e for e in endings if not e.read])
+        ready = [e for e in endings if e.env is not None]
+        spent: Spent = {}
+        for e in ready:
+            if e.reply is None:
+                e.reply = self._reply(e, spent)
+        self._account(spent)
+        for e in ready:
+            if not e.remembered:
+                self._remember(e)
+                e.remembered = True
+        self._finish([(e.env, e.reply) for e in ready if e.env is not None and e.reply is not None], again)
+
+    def _read_envelopes(self, unread: list[Ending]) -> None:
+        if not unread:
+            return
+        records = self.book.read([e.key for e in unread], ended=True)
+        for e in unread:
+            record = records.get(e.key)
+            e.read = True
+            if record is None:  # finished and retired already: a late duplicate
+                log.warning("settled_call_gone", key=e.key)
+            else:
+                e.env = envelope_from_record(record)
+
+    def _reply(self, ending: Ending, spent: Spent) -> Reply:
+        """The call's reply; an LLM answer's tokens are counted here (once per call)."""
+        env, entry, out = ending.env, ending.entry, ending.answer
+        assert env is not None
+        usage = Usage(**entry.get("usage") or {})
+        if out is None:
+            code, message = ending.failure or (ErrorCode.INTERNAL, "the call failed")
+            return Reply.failure(env.message_id, env.request.syscall, code, message, usage=usage)
+        if entry["kind"] == "tools":
+            result: dict[str, Any] = out.result or {}
+        else:
+            result = _chat_result(out, entry)
+            _count_tokens(out.model or str(entry.get("model") or "unknown"), env.agent, usage)
+            tally(spent, env.agent, usage)
+        run_ms = float(entry.get("run_ms") or 0.0)
+        timings = Timings(queue_ms=round(max(elapsed_ms(env.received_at) - run_ms, 0.0), 3), run_ms=round(run_ms, 3))
+        return Reply.ok(env.message_id, env.request.syscall, result, usage=usage, timings=timings)
+
+    def _remember(self, ending: Ending) -> None:
+        """Extend an answered LLM call's session with its messages and the answer."""
+        env, out = ending.env, ending.answer
+        if env is None or out is None or env.request.session is None or ending.entry["kind"] == "tools":
             return
         answer: dict[str, Any] = {"role": "assistant", "content": out.text}
         if out.tool_calls:
@@ -252,20 +294,8 @@ class LeasedWork:
         """Fail a leased syscall with ``code``; a no-op if it moved on meanwhile."""
         if not claimed and self.book.give_up(doc["_id"], lease_id) is None:
             return
-        env = self._envelope(doc)
-        if env is None:
-            return
         log.warning("llm_failed", key=doc["_id"], code=code.value, reason=message)
-        reply = Reply.failure(env.message_id, env.request.syscall, code, message, usage=Usage(**doc.get("usage") or {}))
-        self._finish([(env, reply)])
-
-    def _envelope(self, entry: Doc) -> Envelope | None:
-        """The call's envelope, from its live record (the book keeps no arguments)."""
-        record = self.book.read([entry["_id"]], ended=True).get(entry["_id"])
-        if record is None:  # finished and retired already: this was a late duplicate
-            log.warning("settled_call_gone", key=entry["_id"])
-            return None
-        return envelope_from_record(record)
+        self._end([Ending(doc, failure=(code, message))])
 
     def _account(self, spent: Spent) -> None:
         """Add tokens and LLM calls to each agent's totals (written periodically) and quota period."""

@@ -90,9 +90,14 @@ class Completion:
         """Commit ``reply`` as the syscall's result, audit it and send it (first completion wins)."""
         self.finish_many([(env, reply)])
 
-    def finish_many(self, finished: list[tuple[Envelope, Reply]]) -> None:
-        """Commit a batch of replies (one write), audit the winners (one append) and send them."""
-        won = self._records.complete_many(finished)
+    def finish_many(self, finished: list[tuple[Envelope, Reply]], again: bool = False) -> None:
+        """Commit a batch of replies (one write), audit the winners (one append) and send them.
+
+        ``again``: an earlier try of these same replies failed part-way (the
+        store went away), so some may be stored already: those are this
+        batch's own, audited and sent now, not copies that lost.
+        """
+        won = self._records.complete_many(finished, again)
         self._audit.record_many([entry(env, _decision(reply), reply) for env, reply in won])
         for env, reply in won:
             _observe(reply)

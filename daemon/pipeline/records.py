@@ -109,8 +109,14 @@ class Records:
             existing.setdefault(key, fresh[key])  # retired between the two reads: in progress
         return new, existing
 
-    def complete_many(self, finished: list[tuple[Envelope, Reply]]) -> list[tuple[Envelope, Reply]]:
-        """Commit a batch of replies with one write; return those that won (first completion wins)."""
+    def complete_many(
+        self, finished: list[tuple[Envelope, Reply]], again: bool = False
+    ) -> list[tuple[Envelope, Reply]]:
+        """Commit a batch of replies with one write; return those that won (first completion wins).
+
+        ``again``: the same replies were tried before, so a stored reply equal
+        to the one given is this batch's own (it won then).
+        """
         if not finished:
             return []
         now = utcnow()
@@ -125,8 +131,15 @@ class Records:
             if any(e.get("code") != DUPLICATE_KEY for e in errors):
                 raise
             lost = {int(e["index"]) for e in errors}
+            if again:
+                lost -= self._own(docs, lost)
             return [pair for i, pair in enumerate(finished) if i not in lost]
         return finished
+
+    def _own(self, docs: list[Doc], lost: set[int]) -> set[int]:
+        """Which of the ``lost`` writes found their own reply stored by an earlier try."""
+        stored = self._by_id(self._results, [docs[i]["_id"] for i in lost])
+        return {i for i in lost if (stored.get(docs[i]["_id"]) or {}).get("reply") == docs[i]["reply"]}
 
     def lookup(self, keys: list[str]) -> dict[str, Doc]:
         """The stored record of each of ``keys`` that has one: its result, or else its live record.

@@ -157,6 +157,7 @@ class Scheduler:
                 broker.stop_consuming()
                 self._batcher.flush()  # received already: serve them rather than hand them back
                 self._events.flush()
+                self.submit(self.leased.retry_parked)  # a last try, while replies can still be sent
                 # Keep pumping so in-flight work can still ack and reply.
                 while self.inflight and time.monotonic() < deadline and broker.is_open:
                     broker.pump(PUMP_SECONDS)
@@ -173,6 +174,8 @@ class Scheduler:
             self._settle_counts()
             self._say_goodbye()
             self.store.close()
+        if parked := len(self.leased.parked):  # their live records stay leased: the next start runs them again
+            log.warning("replies_parked_at_stop", calls=parked)
         log.info("scheduler_stopped", unfinished=self.inflight)
 
     def _connect(self, timeout: float) -> Broker:

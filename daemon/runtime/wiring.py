@@ -69,6 +69,8 @@ HEAD_INTERVAL = 0.5
 BATCH_GAUGE_INTERVAL = 15.0
 #: Seconds the lease book's transitions may wait to be written with others (dispatch rounds write too).
 JOURNAL_INTERVAL = 0.2
+#: Seconds between tries to commit replies that a store outage held back (see :mod:`aiosd.daemon.leasing.endings`).
+PARKED_INTERVAL = 1.0
 
 
 def scheduler_user(amqp_url: str) -> str:
@@ -191,6 +193,7 @@ def build_scheduler(settings: Settings) -> SchedulerGraph:
     housekeeping.every(PRUNE_INTERVAL, "prune_counters", counters.prune)
     housekeeping.every(RETIRE_INTERVAL, "retire_records", completion.retire)
     housekeeping.every(JOURNAL_INTERVAL, "lease_journal", book.flush)
+    housekeeping.every(PARKED_INTERVAL, "parked_replies", leased.retry_parked)
     housekeeping.every(HEAD_INTERVAL, "audit_head", audit.advance_head)
     housekeeping.every(CHARGE_INTERVAL, "counts", meter.settle)
     housekeeping.every(CHARGE_INTERVAL, "usage_totals", leased.totals.write)
