@@ -343,10 +343,13 @@ class LeaseBook:
 
     def _drop(self, entry: Doc) -> Doc:
         # Not written: the result the caller commits next is the record of this call's end (and its
-        # live record is then retired); a crash before that leaves it leased, to be run again.
+        # live record is then retired); a crash before that leaves it accepted, queued or leased, to
+        # be run again. So its transitions not written yet never will be: a call leased and answered
+        # between two flushes costs no update of its live record.
         entry["state"] = SETTLING
         del self._entries[entry["_id"]]
         self._taken.pop(entry["_id"], None)
+        self._pending.pop(entry["_id"], None)
         return entry
 
     def _charged(self, entry: Doc, usage: Usage | None) -> None:

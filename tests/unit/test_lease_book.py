@@ -102,3 +102,15 @@ def test_transitions_of_one_call_are_merged_into_one_pending_write(book: LeaseBo
         2,
     )
     assert not set(update["$inc"]) & {"attempts", "run_ms"} and not any(k.startswith("usage") for k in update["$inc"])
+
+
+def test_a_call_answered_before_the_flush_costs_no_write(book: LeaseBook) -> None:
+    book.enqueue(_record(1))
+    book.enqueue(_record(2))
+    first, second = book.take(2)
+    lease_id = book.grant(first, "w1", ttl=30)["lease"]["id"]  # type: ignore[index]
+    book.grant(second, "w1", ttl=30)
+    assert book.settle(first["_id"], lease_id) is not None
+    # white box: what flush() would write; the settled call's result is the record of its end
+    assert list(book._pending) == [second["_id"]]
+    assert book.give_up(second["_id"], second["lease"]["id"]) is not None and book._pending == {}
