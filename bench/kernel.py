@@ -15,7 +15,12 @@ worker, the echo consumer, the stand-in backend), read from ``/proc``:
 (d) ``memory.add`` on an empty database and after ``--history`` completed
     syscalls (results, memory notes, audit chain) were preloaded.
 
-and then issue 9's targets as ratios with PASS/MISS. Every phase runs in its
+and then issue 9's targets as ratios with PASS/MISS. The phases run
+``--rounds`` times in turn (a, b, c, d, a, b, c, d, ...), so the runs a target
+compares alternate and share the machine's drift; each round's tables are
+printed, then the rounds pooled (calls and time summed, CPU per call
+weighted by calls), and each target gives its pooled figure and its figure in
+every round. Every phase runs in its
 own scratch vhost and database on the development services
 (``scripts/services.sh start``), removed at the end, also on failure or Ctrl-C::
 
@@ -48,11 +53,13 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import phases
-from load import Run
+from load import Run, pooled
 from procstat import CpuMeter, broker_pid, database_pid
 from report import Target, table, targets, write_json
 from scratch import Scratch
@@ -80,6 +87,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--history", type=int, default=100_000, help="completed syscalls preloaded for phase d")
     parser.add_argument("--only", default="a,b,c,d", help="phases to run, e.g. a,b (default: all)")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="times every phase runs, in turn (A/B/A/B: compared runs share the machine's drift; default 2)",
+    )
+    parser.add_argument(
         "--private-db",
         action="store_true",
         help="run a database server of our own (same binary and flags, scratch files)",
@@ -87,6 +100,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     args = parser.parse_args(argv)
     args.phases = [p.strip() for p in args.only.split(",") if p.strip()]
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if unknown := set(args.phases) - set(TITLES):
         parser.error(f"unknown phases {sorted(unknown)}; choose from a,b,c,d")
     return args
@@ -113,7 +128,8 @@ def main() -> None:
     base = CpuMeter()
     base.add("client", os.getpid())
     base.add("rabbitmq", broker_pid())
-    results: dict[str, list[Run]] = {}
+    rounds: list[dict[str, list[Run]]] = []
+    history: dict[str, Any] = {}  # phase d's databases, made once
     with Scratch() as scratch:
         if args.private_db:
             base.add("database", scratch.private_database(database_pid()))
@@ -121,18 +137,19 @@ def main() -> None:
         else:
             base.add("database", database_pid())
             print(f"database   the shared development FerretDB at {scratch.mongo_url} (others' load on it counts too)")
-        for phase in args.phases:
-            print(f"\n... {TITLES[phase]}", file=sys.stderr, flush=True)
-            if phase == "a":
-                results[phase] = phases.broker_ceiling(scratch, args, base, prefetch)
-            elif phase == "b":
-                results[phase] = phases.memory_storage(scratch, args, base)
-            elif phase == "c":
-                results[phase] = phases.llm_chat(scratch, args, base)
-            else:
-                results[phase] = phases.with_history(scratch, args, base)
-            print("\n" + table(TITLES[phase], results[phase], _note(phase, args, results[phase])), flush=True)
-    items = check(results, args)
+        for n in range(1, args.rounds + 1):
+            rounds.append({})
+            for phase in args.phases:
+                print(f"\n... round {n}/{args.rounds}: {TITLES[phase]}", file=sys.stderr, flush=True)
+                rounds[-1][phase] = _phase(phase, scratch, args, base, prefetch, history)
+                title = f"{TITLES[phase]}, round {n}/{args.rounds}" if args.rounds > 1 else TITLES[phase]
+                print("\n" + table(title, rounds[-1][phase], _note(phase, args, rounds[-1][phase])), flush=True)
+    results = {phase: [pooled(list(runs)) for runs in zip(*(r[phase] for r in rounds), strict=True)]
+               for phase in args.phases}  # fmt: skip
+    if args.rounds > 1:
+        for phase, runs in results.items():
+            print("\n" + table(f"{TITLES[phase]}, {args.rounds} rounds pooled", runs, _note(phase, args, runs)))
+    items = with_rounds(check(results, args), [check(r, args) for r in rounds] if args.rounds > 1 else [])
     print("\n" + targets(items))
     if args.json:
         write_json(args.json, meta, results, items)
@@ -202,6 +219,29 @@ def check(results: dict[str, list[Run]], args: argparse.Namespace) -> list[Targe
 
 def _cpu_shown(r: Run) -> str:
     return " + ".join(f"{k} {v:.2f}" for k, v in r.cpu.items())
+
+
+def _phase(
+    phase: str, scratch: Scratch, args: argparse.Namespace, base: CpuMeter, prefetch: int, history: dict[str, Any]
+) -> list[Run]:
+    if phase == "a":
+        return phases.broker_ceiling(scratch, args, base, prefetch)
+    if phase == "b":
+        return phases.memory_storage(scratch, args, base)
+    if phase == "c":
+        return phases.llm_chat(scratch, args, base)
+    return phases.with_history(scratch, args, base, history)
+
+
+def with_rounds(pooled_items: list[Target], per_round: list[list[Target]]) -> list[Target]:
+    """The pooled targets, each showing its figure in every round too."""
+    out = []
+    for t in pooled_items:
+        values = [r.value for items in per_round for r in items if r.name == t.name]
+        if values:
+            t = replace(t, shown=f"{t.shown}; by round {', '.join(f'{v:.2f}' for v in values)}")
+        out.append(t)
+    return out
 
 
 def _note(phase: str, args: argparse.Namespace, runs: list[Run]) -> str:

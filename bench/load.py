@@ -80,6 +80,34 @@ class Run:
         }
 
 
+def pooled(runs: list[Run]) -> Run:
+    """The runs of one label over several rounds as one: calls and time summed, CPU per call weighted by calls.
+
+    Rounds alternate the variants a target compares (A/B/A/B), so drift on a
+    shared machine falls on both; each round's rate is kept in ``notes``.
+    """
+    if len(runs) == 1:
+        return runs[0]
+    calls = sum(r.calls for r in runs)
+    cpu = {p: sum(r.cpu.get(p, 0.0) * r.calls for r in runs) / calls for p in {p for r in runs for p in r.cpu}}
+    notes: dict[str, Any] = {}
+    for r in runs:
+        notes.update({k: v for k, v in r.notes.items() if k not in notes})
+    notes["round_rates"] = [round(r.throughput, 1) for r in runs]
+    return Run(
+        label=runs[0].label,
+        calls=calls,
+        concurrency=runs[0].concurrency,
+        wall=sum(r.wall for r in runs),
+        latencies_ms=[ms for r in runs for ms in r.latencies_ms],
+        cpu=cpu,
+        others=sum(r.others * r.calls for r in runs) / calls,
+        errors=sum(r.errors for r in runs),
+        first_error=next((r.first_error for r in runs if r.first_error), ""),
+        notes=notes,
+    )
+
+
 class _Tally:
     def __init__(self) -> None:
         self.lock = threading.Lock()

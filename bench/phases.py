@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import itertools
 import sys
+from typing import Any
 
 from history import preload
 from load import Run, drive, drive_async
@@ -180,52 +181,49 @@ async def _direct(url: str, calls: int, args: argparse.Namespace, meter: CpuMete
         await backend.close()
 
 
-def with_history(scratch: Scratch, args: argparse.Namespace, base: CpuMeter) -> list[Run]:
-    """(d) memory.add on an empty database, then after ``--history`` completed syscalls."""
-    env = scratch.env("history")
-    conc = {"calls": args.calls, "concurrency": args.concurrency, "warmup": args.warmup}
-    scheduler = scratch.aiosd("scheduler", env)
-    try:
-        with _client(env) as client:
-            empty = drive(
-                client,
-                "memory.add",
-                add_args,
-                meter=_meter(base, scheduler=scheduler.pid),
-                label="memory.add empty db",
-                **conc,
-            )
-    finally:
-        scheduler.stop()
-    db = scratch.mongo[env.db]
-    before = db["results"].estimated_document_count()
-    print(f"   preloading {args.history} completed syscalls into {env.db} ...", file=sys.stderr, flush=True)
+def with_history(scratch: Scratch, args: argparse.Namespace, base: CpuMeter, state: dict[str, Any]) -> list[Run]:
+    """(d) memory.add on an empty database, then on one holding ``--history`` completed syscalls.
 
-    def progress(done: int, secs: float) -> None:
-        if done % 20000 == 0 or done == args.history:
-            print(f"   {done:>7} / {args.history} in {secs:.0f}s", file=sys.stderr, flush=True)
+    The two databases are made in the first round (``state`` keeps them) and
+    every round runs both, one after the other.
+    """
+    if not state:
+        state["empty"], state["full"] = scratch.env("history-empty"), scratch.env("history")
+        db = scratch.mongo[state["full"].db]
+        print(f"   preloading {args.history} completed syscalls into {db.name} ...", file=sys.stderr, flush=True)
 
-    took = preload(db, AGENT, args.history, progress=progress)
-    scheduler = scratch.aiosd("scheduler", env)
-    try:
-        with _client(env) as client:
-            full = drive(
-                client,
-                "memory.add",
-                add_args,
-                meter=_meter(base, scheduler=scheduler.pid),
-                label=f"memory.add +{_short(args.history)} history",
-                **conc,
-            )
-    finally:
-        scheduler.stop()
+        def progress(done: int, secs: float) -> None:
+            if done % 20000 == 0 or done == args.history:
+                print(f"   {done:>7} / {args.history} in {secs:.0f}s", file=sys.stderr, flush=True)
+
+        state["preload_s"] = round(preload(db, AGENT, args.history, progress=progress), 1)
+    empty = _adds(scratch, state["empty"], args, base, "memory.add empty db")
+    full = _adds(scratch, state["full"], args, base, f"memory.add +{_short(args.history)} history")
     full.notes.update(
         history=args.history,
-        preload_s=round(took, 1),
-        results_before_preload=before,
-        results_in_db=db["results"].estimated_document_count(),
+        preload_s=state["preload_s"],
+        results_in_db=scratch.mongo[state["full"].db]["results"].estimated_document_count(),
     )
     return [empty, full]
+
+
+def _adds(scratch: Scratch, env: Env, args: argparse.Namespace, base: CpuMeter, label: str) -> Run:
+    """``memory.add`` at ``--concurrency`` through a scheduler of its own on ``env``."""
+    scheduler = scratch.aiosd("scheduler", env)
+    try:
+        with _client(env) as client:
+            return drive(
+                client,
+                "memory.add",
+                add_args,
+                calls=args.calls,
+                concurrency=args.concurrency,
+                warmup=args.warmup,
+                meter=_meter(base, scheduler=scheduler.pid),
+                label=label,
+            )
+    finally:
+        scheduler.stop()
 
 
 def _short(n: int) -> str:
