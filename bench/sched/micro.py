@@ -109,7 +109,7 @@ def _build(policy: str, routing: str, lane: bool = True) -> tuple[LeaseBook, Dis
     for w in range(WORKERS):
         fleet.heartbeat(WorkerState(worker_id=f"w{w}", host="h", backend="sim", model="m", capacity=CAPACITY))
     wake = threading.Event()
-    work = LeasedWork(book, fleet, live, None, lambda _: None, wake, lease_ttl=30, max_attempts=3)  # type: ignore[arg-type]
+    work = LeasedWork(book, fleet, live, None, lambda _f, _a: None, wake, lease_ttl=30, max_attempts=3)  # type: ignore[arg-type]
     dispatcher = Dispatcher(work, ordering, router, lambda _w, _b: None, wake, lease_ttl=30)
     return book, dispatcher, fleet, live
 

@@ -342,14 +342,16 @@ class LeaseBook:
         return entry if entry is not None and entry["state"] == LEASED and lease and lease["id"] == lease_id else None
 
     def _drop(self, entry: Doc) -> Doc:
-        # Not written: the result the caller commits next is the record of this call's end (and its
+        # Not written: the reply the caller commits next is the record of this call's end (and its
         # live record is then retired); a crash before that leaves it accepted, queued or leased, to
-        # be run again. So its transitions not written yet never will be: a call leased and answered
-        # between two flushes costs no update of its live record.
+        # be run again. So its transitions not written yet need not be: a call leased and answered
+        # between two flushes costs no update of its live record. Except a session's prompt: a run
+        # after a crash must not rebuild it from a session this call's answer may already extend.
         entry["state"] = SETTLING
         del self._entries[entry["_id"]]
         self._taken.pop(entry["_id"], None)
-        self._pending.pop(entry["_id"], None)
+        if "prompt" not in self._pending.get(entry["_id"], {}).get("$set", {}):
+            self._pending.pop(entry["_id"], None)
         return entry
 
     def _charged(self, entry: Doc, usage: Usage | None) -> None:

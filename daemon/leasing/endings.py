@@ -5,11 +5,16 @@ its reply is committed: the book must not lease it again meanwhile. If the
 commit then fails on a transient store error, nothing else would ever answer
 the call (its redelivered answer finds no lease to settle), so its
 :class:`Ending` is parked and the commit tried again until it succeeds. Each
-step of an ending is done once, however often its commit is tried: its usage
-is counted and its session extended once.
+step of an ending is done once, however often its commit is tried in this
+scheduler: its usage is counted and its session extended once.
 
-A scheduler stopped while endings are parked leaves their live records leased;
-the next start runs those calls again (as after a crash).
+While a call is ending (settled and not yet committed, or parked), the
+recovery sweep must not queue it again from its live record: :class:`Endings`
+answers whether a key is ending.
+
+A scheduler stopped while endings are parked leaves their live records as
+they were last written (accepted, queued or leased); the next start runs
+those calls again, as after a crash.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ class Ending:
     reply: Reply | None = None
     #: The call's session extended with its messages and the answer.
     remembered: bool = False
+    #: The store refused the reply (not an outage): the call is failed instead, once.
+    refused: bool = False
 
     @property
     def key(self) -> str:
@@ -51,27 +58,45 @@ class Ending:
         return self.read and self.env is None
 
 
-class Parked:
-    """Endings whose commit failed on a transient store error, waiting to be tried again."""
+class Endings:
+    """The calls ending in this scheduler, and those of them parked until the store is back."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._items: dict[str, Ending] = {}
+        self._open: set[str] = set()
+        self._parked: dict[str, Ending] = {}
 
-    def put(self, endings: list[Ending]) -> None:
-        """Keep ``endings`` (those still to be replied to) for the next try."""
+    def begin(self, endings: list[Ending]) -> None:
+        """``endings`` left the book: their calls are ending until :meth:`done` or :meth:`park`."""
+        with self._lock:
+            self._open.update(e.key for e in endings)
+
+    def done(self, endings: list[Ending]) -> None:
+        """``endings`` are committed (or gone for good)."""
+        with self._lock:
+            self._open.difference_update(e.key for e in endings)
+
+    def park(self, endings: list[Ending]) -> None:
+        """Keep ``endings`` (those still to be replied to) for the next try; the rest are done."""
         with self._lock:
             for e in endings:
+                self._open.discard(e.key)
                 if not e.gone:
-                    self._items[e.key] = e
+                    self._parked[e.key] = e
 
     def take(self) -> list[Ending]:
-        """Every parked ending, now the caller's to commit (or park again)."""
+        """Every parked ending, now the caller's to commit (or park again); open again meanwhile."""
         with self._lock:
-            items = list(self._items.values())
-            self._items.clear()
+            items = list(self._parked.values())
+            self._parked.clear()
+            self._open.update(e.key for e in items)
         return items
 
-    def __len__(self) -> int:
+    def parked(self) -> int:
+        """How many endings wait for the store."""
         with self._lock:
-            return len(self._items)
+            return len(self._parked)
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return key in self._open or key in self._parked

@@ -15,10 +15,11 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from pymongo.collection import Collection
+from pymongo.errors import InvalidOperation
 
 from aiosd.daemon.access.spending import Spent, tally
 from aiosd.daemon.leasing.book import LeaseBook
-from aiosd.daemon.leasing.endings import Ending, Parked
+from aiosd.daemon.leasing.endings import Ending, Endings
 from aiosd.daemon.leasing.fleet import Fleet
 from aiosd.daemon.leasing.totals import UsageTotals
 from aiosd.daemon.pipeline.flow import TRANSIENT
@@ -68,8 +69,8 @@ class LeasedWork:
         self._on_usage = on_usage
         #: Whether a call whose lease was lost may run again (not an irreversible tool's).
         self._may_retry = may_retry or (lambda _doc: True)
-        #: Calls out of the book whose reply could not be committed yet (see :mod:`.endings`).
-        self.parked = Parked()
+        #: Calls out of the book whose reply is not committed yet, some parked (see :mod:`.endings`).
+        self.endings = Endings()
 
     def _wake(self) -> None:
         self._wakeup.set()  # the dispatcher runs a round soon
@@ -80,6 +81,9 @@ class LeasedWork:
 
     def submit(self, env: Envelope) -> None:
         """Queue an accepted syscall for a worker (with its session's history, if any)."""
+        if env.key in self.endings:  # answered, its reply not committed yet: the sweep found its live record
+            log.info("ending_call_not_queued", key=env.key)
+            return
         req = env.request
         record: Doc = {
             "_id": env.key,
@@ -111,19 +115,22 @@ class LeasedWork:
     def on_events(self, events: list[Heartbeat | Goodbye | Outcome]) -> None:
         """Apply a batch of worker events, in order; the calls they complete are committed together."""
         done: list[Ending] = []
-        for event in events:
-            if not (isinstance(event, Outcome) and event.status == "done"):
-                self.on_event(event)
-                continue
-            self.fleet.release(event.worker_id, event.lease_id)
-            entry = self.book.settle(event.key, event.lease_id, event.usage, event.run_ms)
-            if entry is None:
-                self._log_stale(event, None)
-            else:
-                done.append(Ending(entry, answer=event))
-        if done:
-            self._wake()
-            self._end(done)
+        try:
+            for event in events:
+                if not (isinstance(event, Outcome) and event.status == "done"):
+                    self.on_event(event)  # a heartbeat writes the worker's document: it may raise
+                    continue
+                self.fleet.release(event.worker_id, event.lease_id)
+                entry = self.book.settle(event.key, event.lease_id, event.usage, event.run_ms)
+                if entry is None:
+                    self._log_stale(event, None)
+                else:
+                    done.append(ending := Ending(entry, answer=event))
+                    self.endings.begin([ending])
+        finally:  # what settled is out of the book: it is committed (or parked) whatever failed after it
+            if done:
+                self._wake()
+                self._end(done)
 
     def on_event(self, event: Heartbeat | Goodbye | Outcome) -> None:
         """Apply one worker event."""
@@ -168,19 +175,61 @@ class LeasedWork:
 
     def retry_parked(self) -> None:
         """Try again to commit the replies a transient store error held back (the housekeeping job)."""
-        endings = self.parked.take()
+        endings = self.endings.take()
         if endings:
             log.info("parked_replies_retried", calls=len(endings))
             self._end(endings, again=True)
 
     def _end(self, endings: list[Ending], again: bool = False) -> None:
-        """Commit the replies of calls taken out of the book; parked if the store is away (never lost)."""
+        """Commit the replies of calls taken out of the book (never raises: an ending is never dropped).
+
+        A transient store error parks them for the next try. An error the
+        store gives for one reply (not an outage) splits the batch, and the
+        call whose reply keeps failing alone is failed instead.
+        """
         try:
             self._commit(endings, again)
-        except TRANSIENT as exc:
-            self.parked.put(endings)
-            metrics.DATABASE_ERRORS.inc()
-            log.error("replies_parked", calls=len(endings), parked=len(self.parked), error=str(exc))
+        except (*TRANSIENT, InvalidOperation) as exc:  # InvalidOperation: the client closed at a stop
+            self._park(endings, again, exc)
+            return
+        except Exception as exc:
+            if len(endings) > 1:
+                log.warning("reply_batch_split", calls=len(endings), error=f"{type(exc).__name__}: {exc}")
+                for e in endings:
+                    self._end([e], again)
+                return
+            self._refuse(endings[0], exc)
+            return
+        self.endings.done(endings)
+
+    def _park(self, endings: list[Ending], again: bool, exc: Exception) -> None:
+        self.endings.park(endings)
+        metrics.DATABASE_ERRORS.inc()
+        # Logged as an error when calls are first parked; the tries after it, every second, quietly.
+        (log.debug if again else log.error)(
+            "replies_parked", calls=len(endings), parked=self.endings.parked(), error=str(exc)
+        )
+
+    def _refuse(self, ending: Ending, exc: Exception) -> None:
+        """The store refuses this call's reply: fail the call with ``internal`` instead (once)."""
+        if ending.env is None or ending.refused:
+            # Not even a failure can be stored: the live record stays for the recovery sweep.
+            log.exception("reply_lost", key=ending.key)
+            self.endings.done([ending])
+            return
+        log.exception("reply_refused", key=ending.key)
+        ending.refused = True
+        ending.remembered = True  # a failed call leaves its session as it was
+        env = ending.env
+        message = f"the reply could not be stored: {type(exc).__name__}: {exc}"
+        ending.reply = Reply.failure(
+            env.message_id,
+            env.request.syscall,
+            ErrorCode.INTERNAL,
+            message,
+            usage=Usage(**ending.entry.get("usage") or {}),
+        )
+        self._end([ending], again=True)
 
     def _commit(self, endings: list[Ending], again: bool) -> None:
         """One read of the records not read yet, each step once, one commit; usage added up for the periodic write."""
@@ -254,7 +303,9 @@ class LeasedWork:
         self.fail(doc, out.lease_id, code, message, claimed=True)
 
     def _log_stale(self, out: Outcome, doc: Doc | None) -> None:
-        if doc is None:
+        if doc is None and out.key in self.endings:  # settled already, its reply on its way (parked, maybe)
+            log.debug("outcome_of_ending_call", lease=out.lease_id, key=out.key, status=out.status)
+        elif doc is None:
             # The lease expired and the call moved on (or another outcome won): first completion wins.
             log.warning(
                 "stale_outcome_dropped", worker=out.worker_id, lease=out.lease_id, key=out.key, status=out.status
@@ -295,7 +346,9 @@ class LeasedWork:
         if not claimed and self.book.give_up(doc["_id"], lease_id) is None:
             return
         log.warning("llm_failed", key=doc["_id"], code=code.value, reason=message)
-        self._end([Ending(doc, failure=(code, message))])
+        ending = Ending(doc, failure=(code, message))
+        self.endings.begin([ending])
+        self._end([ending])
 
     def _account(self, spent: Spent) -> None:
         """Add tokens and LLM calls to each agent's totals (written periodically) and quota period."""

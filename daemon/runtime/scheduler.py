@@ -157,10 +157,11 @@ class Scheduler:
                 broker.stop_consuming()
                 self._batcher.flush()  # received already: serve them rather than hand them back
                 self._events.flush()
-                self.submit(self.leased.retry_parked)  # a last try, while replies can still be sent
                 # Keep pumping so in-flight work can still ack and reply.
-                while self.inflight and time.monotonic() < deadline and broker.is_open:
-                    broker.pump(PUMP_SECONDS)
+                self._drain(broker, deadline)
+                if self.leased.endings.parked():  # a last try, once nothing else can park more
+                    self.submit(self.leased.retry_parked)
+                    self._drain(broker, deadline)
                 broker.pump(0)
         except AMQP_ERRORS as exc:
             log.warning("shutdown_broker_error", error=repr(exc))
@@ -174,9 +175,13 @@ class Scheduler:
             self._settle_counts()
             self._say_goodbye()
             self.store.close()
-        if parked := len(self.leased.parked):  # their live records stay leased: the next start runs them again
+        if parked := self.leased.endings.parked():  # the next start runs them again, from their live records
             log.warning("replies_parked_at_stop", calls=parked)
         log.info("scheduler_stopped", unfinished=self.inflight)
+
+    def _drain(self, broker: Broker, deadline: float) -> None:
+        while self.inflight and time.monotonic() < deadline and broker.is_open:
+            broker.pump(PUMP_SECONDS)
 
     def _connect(self, timeout: float) -> Broker:
         deadline = time.monotonic() + timeout

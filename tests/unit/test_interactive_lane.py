@@ -381,7 +381,7 @@ def test_an_interactive_call_is_leased_in_the_round_its_lane_opens_behind_the_re
     for name in ("w1", "w2"):
         fleet.heartbeat(WorkerState(worker_id=name, host="h", backend="b", model="m", capacity=2))
     wake = threading.Event()
-    work = LeasedWork(book, fleet, live, None, lambda _: None, wake, lease_ttl=30, max_attempts=3)  # type: ignore[arg-type]
+    work = LeasedWork(book, fleet, live, None, lambda _f, _a: None, wake, lease_ttl=30, max_attempts=3)  # type: ignore[arg-type]
     sent: list[tuple[str, dict[str, Any]]] = []
     dispatcher = Dispatcher(
         work, ordering, CacheRouter(TUNING), lambda w, body: sent.append((w, json.loads(body))), wake, lease_ttl=30

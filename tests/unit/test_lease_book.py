@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -9,8 +10,12 @@ import pymongo
 import pytest
 
 from aiosd.daemon.leasing.book import LEASED, QUEUED, LeaseBook
+from aiosd.daemon.leasing.endings import Ending
+from aiosd.daemon.leasing.fleet import Fleet
 from aiosd.daemon.leasing.ordering import Priority
-from aiosd.sdk.protocol import Usage
+from aiosd.daemon.leasing.work import LeasedWork
+from aiosd.daemon.pipeline.records import Envelope
+from aiosd.sdk.protocol import Request, Usage
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -114,3 +119,25 @@ def test_a_call_answered_before_the_flush_costs_no_write(book: LeaseBook) -> Non
     # white box: what flush() would write; the settled call's result is the record of its end
     assert list(book._pending) == [second["_id"]]
     assert book.give_up(second["_id"], second["lease"]["id"]) is not None and book._pending == {}
+
+
+def test_a_call_whose_reply_is_on_its_way_is_not_queued_again(book: LeaseBook) -> None:
+    """The recovery sweep may find the live record of a call answered while the store was away."""
+    work = LeasedWork(book, Fleet(book._live, 1e9), book._live, None, lambda _f, _a: None, threading.Event(),  # type: ignore[arg-type]
+                      lease_ttl=30, max_attempts=3)  # fmt: skip
+    answered, fresh = (_envelope(n) for n in (1, 2))
+    book.enqueue(_record(1))
+    entry = book.take(1)[0]
+    lease_id = book.grant(entry, "w1", ttl=30)["lease"]["id"]  # type: ignore[index]
+    work.endings.begin([Ending(book.settle(entry["_id"], lease_id))])  # type: ignore[arg-type]
+    work.submit(answered)
+    work.submit(fresh)
+    assert [e["id"] for e in book.take(10)] == ["m2"]
+    work.endings.park(work.endings.take())
+    work.submit(answered)  # parked: still ending
+    assert book.take(10) == [] and len(book) == 1  # only m2, taken above
+
+
+def _envelope(n: int) -> Envelope:
+    request = Request(syscall="llm.chat", args={"model": "smol", "messages": [{"role": "user", "content": "hi"}]})
+    return Envelope("a", f"m{n}", request, 0, None, f"c{n}", T0)
