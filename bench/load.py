@@ -92,7 +92,7 @@ def pooled(runs: list[Run]) -> Run:
     cpu = {p: sum(r.cpu.get(p, 0.0) * r.calls for r in runs) / calls for p in {p for r in runs for p in r.cpu}}
     notes: dict[str, Any] = {}
     for r in runs:
-        notes.update({k: v for k, v in r.notes.items() if k not in notes})
+        notes.update(r.notes)  # the last round's say
     notes["round_rates"] = [round(r.throughput, 1) for r in runs]
     return Run(
         label=runs[0].label,

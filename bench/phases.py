@@ -185,7 +185,8 @@ def with_history(scratch: Scratch, args: argparse.Namespace, base: CpuMeter, sta
     """(d) memory.add on an empty database, then on one holding ``--history`` completed syscalls.
 
     The two databases are made in the first round (``state`` keeps them) and
-    every round runs both, one after the other.
+    every round runs both, one after the other (so from the second round on
+    the "empty" one holds the earlier rounds' few thousand calls).
     """
     if not state:
         state["empty"], state["full"] = scratch.env("history-empty"), scratch.env("history")

@@ -64,7 +64,11 @@ class TcpProxy:
             except OSError:
                 _close(client)
                 continue
-            with self._lock:
+            with self._lock:  # cut() clears _open before it takes the lock: a late connection is dropped
+                if not self._open.is_set():
+                    _close(client)
+                    _close(upstream)
+                    continue
                 self._conns |= {client, upstream}
             for src, dst in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()

@@ -222,6 +222,7 @@ def test_answers_kept_through_a_store_outage(world: World, make_scheduler: Any, 
             assert not answered.done() and not failed.done()
             proxy.mend()
             reply, failure = answered.result(30), failed.result(30)
+            sched.wait_for("parked_replies_committed", timeout=10)
     assert reply.status.value == "ok" and reply.result["text"] == "kept through the outage"
     assert failure.status.value == "error" and failure.error is not None
     assert (failure.error.code.value, failure.error.message) == ("invalid_args", "refused")

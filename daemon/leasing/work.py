@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Literal
 
 from pymongo.collection import Collection
-from pymongo.errors import InvalidOperation
 
 from aiosd.daemon.access.spending import Spent, tally
 from aiosd.daemon.leasing.book import LeaseBook
-from aiosd.daemon.leasing.endings import Ending, Endings
+from aiosd.daemon.leasing.endings import Ending, Endings, passing
 from aiosd.daemon.leasing.fleet import Fleet
 from aiosd.daemon.leasing.totals import UsageTotals
-from aiosd.daemon.pipeline.flow import TRANSIENT
 from aiosd.daemon.pipeline.records import Envelope, elapsed_ms, envelope_from_record, live_record
 from aiosd.daemon.services.sessions import SessionService, fit
 from aiosd.daemon.store import Doc
@@ -79,6 +78,10 @@ class LeasedWork:
         """Whether a call whose lease was lost may run again (not an irreversible tool's)."""
         return self._may_retry(entry)
 
+    def ending(self, key: str) -> bool:
+        """Whether the call was answered here and its reply is on its way (or lately committed after an outage)."""
+        return key in self.endings
+
     def submit(self, env: Envelope) -> None:
         """Queue an accepted syscall for a worker (with its session's history, if any)."""
         if env.key in self.endings:  # answered, its reply not committed yet: the sweep found its live record
@@ -121,12 +124,12 @@ class LeasedWork:
                     self.on_event(event)  # a heartbeat writes the worker's document: it may raise
                     continue
                 self.fleet.release(event.worker_id, event.lease_id)
-                entry = self.book.settle(event.key, event.lease_id, event.usage, event.run_ms)
+                entry = self._taking(event.key, partial(self.book.settle, event.key, event.lease_id, event.usage,
+                                                        event.run_ms))  # fmt: skip
                 if entry is None:
                     self._log_stale(event, None)
                 else:
-                    done.append(ending := Ending(entry, answer=event))
-                    self.endings.begin([ending])
+                    done.append(Ending(entry, answer=event))
         finally:  # what settled is out of the book: it is committed (or parked) whatever failed after it
             if done:
                 self._wake()
@@ -173,11 +176,19 @@ class LeasedWork:
 
     # -- replies of calls out of the book -----------------------------------------------
 
+    def _taking(self, key: str, take: Callable[[], Doc | None]) -> Doc | None:
+        """``take()`` a call out of the book, marked as ending before it leaves (never in neither place)."""
+        opened = self.endings.open(key)
+        entry = take()
+        if entry is None and opened:
+            self.endings.close(key)
+        return entry
+
     def retry_parked(self) -> None:
-        """Try again to commit the replies a transient store error held back (the housekeeping job)."""
+        """Try again to commit the replies a passing store error held back (the housekeeping job)."""
         endings = self.endings.take()
         if endings:
-            log.info("parked_replies_retried", calls=len(endings))
+            log.debug("parked_replies_retried", calls=len(endings))
             self._end(endings, again=True)
 
     def _end(self, endings: list[Ending], again: bool = False) -> None:
@@ -189,17 +200,18 @@ class LeasedWork:
         """
         try:
             self._commit(endings, again)
-        except (*TRANSIENT, InvalidOperation) as exc:  # InvalidOperation: the client closed at a stop
-            self._park(endings, again, exc)
-            return
         except Exception as exc:
-            if len(endings) > 1:
+            if passing(exc):
+                self._park(endings, again, exc)
+            elif len(endings) > 1:
                 log.warning("reply_batch_split", calls=len(endings), error=f"{type(exc).__name__}: {exc}")
                 for e in endings:
-                    self._end([e], again)
-                return
-            self._refuse(endings[0], exc)
+                    self._end([e], again=True)  # the batch's write may have stored some of them
+            else:
+                self._refuse(endings[0], exc)
             return
+        if again and any(e.parked for e in endings):
+            log.info("parked_replies_committed", calls=len(endings))
         self.endings.done(endings)
 
     def _park(self, endings: list[Ending], again: bool, exc: Exception) -> None:
@@ -213,13 +225,14 @@ class LeasedWork:
     def _refuse(self, ending: Ending, exc: Exception) -> None:
         """The store refuses this call's reply: fail the call with ``internal`` instead (once)."""
         if ending.env is None or ending.refused:
-            # Not even a failure can be stored: the live record stays for the recovery sweep.
+            # Not even a failure can be stored: the call stays as its live record was last written,
+            # for the operator (a restart runs it again).
             log.exception("reply_lost", key=ending.key)
             self.endings.done([ending])
             return
         log.exception("reply_refused", key=ending.key)
         ending.refused = True
-        ending.remembered = True  # a failed call leaves its session as it was
+        ending.remembered = True  # a failure does not extend the session (an extension made already stays)
         env = ending.env
         message = f"the reply could not be stored: {type(exc).__name__}: {exc}"
         ending.reply = Reply.failure(
@@ -236,10 +249,12 @@ class LeasedWork:
         self._read_envelopes([e for e in endings if not e.read])
         ready = [e for e in endings if e.env is not None]
         spent: Spent = {}
-        for e in ready:
-            if e.reply is None:
-                e.reply = self._reply(e, spent)
-        self._account(spent)
+        try:
+            for e in ready:
+                if e.reply is None:
+                    e.reply = self._reply(e, spent)
+        finally:  # a reply made is never made again: its tokens are counted now, whatever fails next
+            self._account(spent)
         for e in ready:
             if not e.remembered:
                 self._remember(e)
@@ -296,7 +311,7 @@ class LeasedWork:
                 self.fail(doc, None, code, f"{message} (gave up after {doc['attempts']} attempts)")
             self._log_stale(out, doc)
             return
-        doc = self.book.give_up(out.key, out.lease_id)
+        doc = self._taking(out.key, partial(self.book.give_up, out.key, out.lease_id))
         if doc is None:
             self._log_stale(out, None)
             return
@@ -343,12 +358,11 @@ class LeasedWork:
 
     def fail(self, doc: Doc, lease_id: str | None, code: ErrorCode, message: str, *, claimed: bool = False) -> None:
         """Fail a leased syscall with ``code``; a no-op if it moved on meanwhile."""
-        if not claimed and self.book.give_up(doc["_id"], lease_id) is None:
+        key = str(doc["_id"])
+        if not claimed and self._taking(key, partial(self.book.give_up, key, lease_id)) is None:
             return
-        log.warning("llm_failed", key=doc["_id"], code=code.value, reason=message)
-        ending = Ending(doc, failure=(code, message))
-        self.endings.begin([ending])
-        self._end([ending])
+        log.warning("llm_failed", key=key, code=code.value, reason=message)
+        self._end([Ending(doc, failure=(code, message))])
 
     def _account(self, spent: Spent) -> None:
         """Add tokens and LLM calls to each agent's totals (written periodically) and quota period."""

@@ -214,6 +214,9 @@ class Leasing(Protocol):
     def submit(self, env: Envelope) -> None:
         """Queue an accepted syscall for a worker."""
 
+    def ending(self, key: str) -> bool:
+        """Whether the call was answered and its reply is on its way: nothing more to do for it here."""
+
 
 class Gate(Protocol):
     """Holds syscalls that need a human approval (see :mod:`.approvals`)."""
@@ -498,6 +501,8 @@ class Pipeline:
         if not self._claim(env.key):
             return
         try:
+            if is_leased(env.request.syscall) and self._leasing.ending(env.key):
+                return  # the recovery sweep found the live record of a call answered while the store was away
             if is_leased(env.request.syscall) and not _past_deadline(env):
                 self._leasing.submit(env)
                 return

@@ -10,7 +10,7 @@ import pymongo
 import pytest
 
 from aiosd.daemon.leasing.book import LEASED, QUEUED, LeaseBook
-from aiosd.daemon.leasing.endings import Ending
+from aiosd.daemon.leasing.endings import Ending, passing
 from aiosd.daemon.leasing.fleet import Fleet
 from aiosd.daemon.leasing.ordering import Priority
 from aiosd.daemon.leasing.work import LeasedWork
@@ -125,17 +125,40 @@ def test_a_call_whose_reply_is_on_its_way_is_not_queued_again(book: LeaseBook) -
     """The recovery sweep may find the live record of a call answered while the store was away."""
     work = LeasedWork(book, Fleet(book._live, 1e9), book._live, None, lambda _f, _a: None, threading.Event(),  # type: ignore[arg-type]
                       lease_ttl=30, max_attempts=3)  # fmt: skip
-    answered, fresh = (_envelope(n) for n in (1, 2))
+    answered, fresh = _envelope(1), _envelope(2)
     book.enqueue(_record(1))
     entry = book.take(1)[0]
     lease_id = book.grant(entry, "w1", ttl=30)["lease"]["id"]  # type: ignore[index]
-    work.endings.begin([Ending(book.settle(entry["_id"], lease_id))])  # type: ignore[arg-type]
+    assert work._taking(entry["_id"], lambda: None) is None and not work.ending(entry["_id"])  # a stale outcome
+    ending = Ending(work._taking(entry["_id"], lambda: book.settle(entry["_id"], lease_id)))  # type: ignore[arg-type]
+    assert work.ending(answered.key)
     work.submit(answered)
     work.submit(fresh)
-    assert [e["id"] for e in book.take(10)] == ["m2"]
-    work.endings.park(work.endings.take())
+    assert [e["id"] for e in book.take(10)] == ["m2"] and len(book) == 1
+    work.endings.park([ending])
+    assert work.endings.take() == [ending]
+    work.endings.park([ending])
     work.submit(answered)  # parked: still ending
-    assert book.take(10) == [] and len(book) == 1  # only m2, taken above
+    work.endings.done(work.endings.take())
+    work.submit(answered)  # committed after an outage: the sweep may have read its record just before
+    assert work.ending(answered.key) and book.take(10) == [] and len(book) == 1
+
+
+def test_a_session_calls_prompt_is_written_even_when_it_settles_before_the_flush(book: LeaseBook) -> None:
+    prompt = [{"role": "user", "content": "earlier"}, {"role": "user", "content": "now"}]
+    book.enqueue({**_record(1), "session": "s"}, prompt)
+    entry = book.take(1)[0]
+    lease_id = book.grant(entry, "w1", ttl=30)["lease"]["id"]  # type: ignore[index]
+    assert book.settle(entry["_id"], lease_id) is not None
+    assert book._pending[entry["_id"]]["$set"]["prompt"] == prompt  # a re-run after a crash must find it
+
+
+def test_store_errors_that_pass_are_told_from_refusals() -> None:
+    assert passing(pymongo.errors.AutoReconnect("gone")) and passing(pymongo.errors.InvalidOperation("closed"))
+    assert passing(pymongo.errors.OperationFailure("election", code=189))
+    assert passing(pymongo.errors.OperationFailure("x", code=2, details={"errorLabels": ["RetryableWriteError"]}))
+    assert not passing(pymongo.errors.OperationFailure("bad value", code=2))
+    assert not passing(pymongo.errors.DocumentTooLarge("too large")) and not passing(ValueError("bug"))
 
 
 def _envelope(n: int) -> Envelope:
