@@ -27,8 +27,9 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from pymongo.errors import BulkWriteError, ConnectionFailure, InvalidOperation, OperationFailure, PyMongoError
+from pymongo.errors import BulkWriteError, InvalidOperation, OperationFailure, PyMongoError
 
+from aiosd.daemon.pipeline.flow import TRANSIENT
 from aiosd.daemon.pipeline.records import Envelope
 from aiosd.daemon.store import Doc
 from aiosd.sdk.cluster import Outcome
@@ -46,7 +47,7 @@ def passing(exc: BaseException) -> bool:
 
     ``InvalidOperation`` is the client closed at a stop: the next start runs the call again.
     """
-    if isinstance(exc, ConnectionFailure | InvalidOperation):
+    if isinstance(exc, (*TRANSIENT, InvalidOperation)):  # the pipeline's transient errors, and more
         return True
     if isinstance(exc, PyMongoError) and (
         exc.has_error_label("RetryableWriteError") or exc.has_error_label("TransientTransactionError")

@@ -84,7 +84,7 @@ class LeasedWork:
 
     def submit(self, env: Envelope) -> None:
         """Queue an accepted syscall for a worker (with its session's history, if any)."""
-        if env.key in self.endings:  # answered, its reply not committed yet: the sweep found its live record
+        if self.ending(env.key):  # answered, its reply not committed yet: the sweep found its live record
             log.info("ending_call_not_queued", key=env.key)
             return
         req = env.request
@@ -233,15 +233,9 @@ class LeasedWork:
         log.exception("reply_refused", key=ending.key)
         ending.refused = True
         ending.remembered = True  # a failure does not extend the session (an extension made already stays)
-        env = ending.env
-        message = f"the reply could not be stored: {type(exc).__name__}: {exc}"
-        ending.reply = Reply.failure(
-            env.message_id,
-            env.request.syscall,
-            ErrorCode.INTERNAL,
-            message,
-            usage=Usage(**ending.entry.get("usage") or {}),
-        )
+        # The reply is made again, as a failure (an answer's tokens were counted when it was first made).
+        ending.answer, ending.reply = None, None
+        ending.failure = (ErrorCode.INTERNAL, f"the reply could not be stored: {type(exc).__name__}: {exc}")
         self._end([ending], again=True)
 
     def _commit(self, endings: list[Ending], again: bool) -> None:

@@ -501,11 +501,12 @@ class Pipeline:
         if not self._claim(env.key):
             return
         try:
-            if is_leased(env.request.syscall) and self._leasing.ending(env.key):
-                return  # the recovery sweep found the live record of a call answered while the store was away
-            if is_leased(env.request.syscall) and not _past_deadline(env):
-                self._leasing.submit(env)
-                return
+            if is_leased(env.request.syscall):
+                if self._leasing.ending(env.key):
+                    return  # the recovery sweep found the live record of a call answered while the store was away
+                if not _past_deadline(env):
+                    self._leasing.submit(env)
+                    return
             self._completion.finish_many(self._serve_many(env.request.syscall, [Accepted(env, args)]))
         finally:
             self._release(env.key)
